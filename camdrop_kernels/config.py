@@ -86,11 +86,11 @@ class CamDropConfig:
             side = min(H, W)
             rho = min(block_size, side) // 2
             if 2 * rho + 1 > side:
-                rho = (side - 1) // 2
+                rho = max(0, (side - 1) // 2)  # (max: an empty map has no geometry to speak of)
             area = 2 * rho * (rho + 1) + 1
             row_lo, row_hi = rho, H - rho
             col_lo, col_hi = rho, W - rho
-        n_pix = resolve_count(top_pixels, H * W, max(1, (H * W) // (rh * rw)))
+        n_pix = resolve_count(top_pixels, H * W, max(1, (H * W) // max(1, rh * rw)))
         n_chan = resolve_count(top_channels, C, max(1, C // 8))
         return CamDropConfig(
             N, C, H, W, float(drop_prob), block_shape, rh, rw, rho, area,

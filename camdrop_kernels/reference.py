@@ -86,15 +86,12 @@ def camdrop_parts(
 
 def _prepare(x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,
              gamma_mode, gamma_scale, seed, generator):
-    cam = validation.check_inputs(x, cam, alpha)
-    opts = validation.check_options(
-        drop_prob=drop_prob, block_size=block_size, top_pixels=top_pixels, top_channels=top_channels,
-        block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode, gamma_scale=gamma_scale, seed=seed,
+    cam, cfg, seed, generator = validation.prepare_call(
+        x, cam, alpha, drop_prob=drop_prob, block_size=block_size, top_pixels=top_pixels,
+        top_channels=top_channels, block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode,
+        gamma_scale=gamma_scale, seed=seed, generator=generator,
     )
-    generator = validation.check_generator(generator, x.device)
-    seed_t = make_seed(opts.pop("seed"), generator, x.device)
-    cfg = CamDropConfig.build(tuple(x.shape), **opts)
-    return cam, seed_t, cfg
+    return cam, make_seed(seed, generator, x.device), cfg
 
 
 def camdrop(

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .config import BLOCK_SHAPES, GAMMA_MODES, NORMALIZE_MODES
+from .config import BLOCK_SHAPES, GAMMA_MODES, NORMALIZE_MODES, CamDropConfig
 from .philox import SEED_LIMIT
 
 BACKENDS = ("auto", "torch", "triton")
@@ -167,3 +167,16 @@ def check_inplace(x: torch.Tensor) -> None:
             "camdrop(inplace=True) on a leaf tensor that requires grad: use inplace=False, "
             "or apply it to the output of another op"
         )
+
+
+def prepare_call(x, cam, alpha, *, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,
+                 gamma_mode, gamma_scale, seed, generator):
+    """Validate one CamDrop call; return (cam as (N, H, W), config, seed, generator)."""
+    cam = check_inputs(x, cam, alpha)
+    opts = check_options(
+        drop_prob=drop_prob, block_size=block_size, top_pixels=top_pixels, top_channels=top_channels,
+        block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode, gamma_scale=gamma_scale, seed=seed,
+    )
+    generator = check_generator(generator, x.device)
+    seed = opts.pop("seed")
+    return cam, CamDropConfig.build(tuple(x.shape), **opts), seed, generator

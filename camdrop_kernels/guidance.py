@@ -1,0 +1,56 @@
+"""Where CamDrop looks: channel importance from the classifier, and the class activation map."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .validation import _is_int, check_floating_tensor
+
+
+def channel_importance(weight: torch.Tensor, targets: torch.Tensor, channels: int) -> torch.Tensor:
+    """alpha (N, channels): each channel's weight for the sample's class in the final linear layer.
+
+    ``weight`` is the classifier's (K, C') matrix; ``targets`` are class indices (N,) or
+    soft targets (N, K) (mixup/cutmix: the rows are mixed by them). When C' is a multiple
+    of ``channels`` each output is the mean of C'/channels consecutive entries (the
+    authors' grouping); otherwise the channel axis is adaptively average-pooled.
+    """
+    check_floating_tensor("weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be the classifier's 2-D (num_classes, features) matrix; got shape "
+                         f"{tuple(weight.shape)}")
+    if not _is_int(channels) or channels < 1:
+        raise ValueError(f"channels must be an int >= 1; got {channels!r}")
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor; got {type(targets).__name__}")
+    K, features = weight.shape
+    if targets.dim() == 1 and not targets.is_floating_point():
+        if targets.dtype == torch.bool:
+            raise TypeError("targets must be int class indices (N,) or float soft targets (N, K); got bool")
+        if targets.device.type == "cpu" and targets.numel() and (targets.min() < 0 or targets.max() >= K):
+            raise ValueError(f"targets must be class indices in [0, {K}); got values in "
+                             f"[{int(targets.min())}, {int(targets.max())}]")
+        rows = weight.index_select(0, targets.to(weight.device))
+    elif targets.dim() == 2 and targets.is_floating_point():
+        if targets.shape[1] != K:
+            raise ValueError(f"soft targets must have shape (N, {K}) to match weight's {K} classes; got "
+                             f"{tuple(targets.shape)}")
+        rows = targets.to(device=weight.device, dtype=weight.dtype) @ weight
+    else:
+        raise ValueError(f"targets must be int class indices (N,) or float soft targets (N, {K}); got dtype "
+                         f"{targets.dtype} and shape {tuple(targets.shape)}")
+    if features % channels == 0:
+        return rows.reshape(rows.shape[0], channels, features // channels).mean(-1)
+    return F.adaptive_avg_pool1d(rows[:, None, :], channels)[:, 0, :]
+
+
+def class_activation_map(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """cam (N, H, W) = sum over c of alpha[n, c] * x[n, c]: the CAM at x's resolution."""
+    check_floating_tensor("x", x)
+    check_floating_tensor("alpha", alpha)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W); got shape {tuple(x.shape)}")
+    if alpha.dim() != 2 or alpha.shape[0] != x.shape[0] or alpha.shape[1] != x.shape[1]:
+        raise ValueError(f"alpha must have shape (N, C) = ({x.shape[0]}, {x.shape[1]}) to match x's channels; "
+                         f"got {tuple(alpha.shape)}")
+    return torch.einsum("nchw,nc->nhw", x, alpha.to(x.dtype))

@@ -1,0 +1,44 @@
+"""Shared test set-up: which backends run here, and bit-exact comparison helpers.
+
+Without a GPU, Triton kernels run in the interpreter: TRITON_INTERPRET must be set
+before triton kernels are defined, so it is set here, before any test imports them.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from camdrop_kernels import backends  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = backends.triton_available()
+# The device and backends the contract tests run on.
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+BACKENDS = ["torch"] + (["triton"] if HAS_TRITON and backends.triton_backend_present() else [])
+
+_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+             torch.float64: torch.int64}
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bit patterns, so that NaN, -0.0 and +0.0 compare exactly."""
+    return t.contiguous().view(_INT_VIEW[t.dtype])
+
+
+def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "output") -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    a, e = bits(actual.cpu()), bits(expected.cpu())
+    bad = (a != e).nonzero()
+    assert bad.numel() == 0, (
+        f"{what}: {bad.shape[0]} of {a.numel()} elements differ, first at {tuple(bad[0].tolist())}: "
+        f"{actual.cpu()[tuple(bad[0])]} != {expected.cpu()[tuple(bad[0])]}"
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param

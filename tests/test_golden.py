@@ -1,0 +1,77 @@
+"""The ten golden cases of shared/golden (computed apart from this project) on every backend."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import camdrop_kernels as ck
+from camdrop_kernels import reference
+
+from conftest import DEVICE, assert_bitwise_equal
+
+DATA = Path(__file__).parent / "data"
+INDEX = json.loads((DATA / "camdrop_cases.json").read_text())
+ARRAYS = np.load(DATA / "camdrop_cases.npz")
+CASES = INDEX["cases"]
+
+
+def load(case):
+    k = case["case"]
+    get = lambda name: torch.from_numpy(ARRAYS[f"{name}{k}"])  # noqa: E731
+    return get("x"), get("cam"), get("alpha"), get("y"), get("dropped"), get("scale")
+
+
+def exact_in(dtype, *tensors):
+    return all(torch.equal(t.to(dtype).to(torch.float32), t) for t in tensors)
+
+
+def test_index_has_ten_cases():
+    assert [c["case"] for c in CASES] == list(range(10))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"case{c['case']}")
+def test_reference_matches_golden(case):
+    x, cam, alpha, y, dropped, scale = load(case)
+    assert int(dropped.sum()) == case["dropped"]
+    assert_bitwise_equal(reference.camdrop(x, cam, alpha, **case["kwargs"]), y)
+    assert torch.equal(reference.camdrop_mask(x, cam, alpha, **case["kwargs"]), dropped)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"case{c['case']}")
+def test_backend_matches_golden(case, dtype, backend):
+    x, cam, alpha, y, dropped, scale = load(case)
+    if not exact_in(dtype, x, cam, alpha):
+        pytest.skip(f"case {case['case']}'s inputs do not convert exactly to {dtype}")
+    xd, camd, alphad = (t.to(dtype).to(DEVICE) for t in (x, cam, alpha))
+    kwargs = dict(case["kwargs"], backend=backend)
+    mask = ck.camdrop_mask(xd, camd, alphad, **kwargs)
+    assert torch.equal(mask.cpu(), dropped)
+    out = ck.camdrop(xd, camd, alphad, **kwargs)
+    if dtype == torch.float32:
+        assert_bitwise_equal(out.cpu(), y)
+        return
+    # Other dtypes: one rounding of x * scale, with the scale in the compute dtype. The
+    # golden scale is numel / kept rounded to float32; float64 needs the quotient itself.
+    if dtype == torch.float64:
+        s = scale_float64(dropped, case["kwargs"]["normalize"])
+        assert torch.equal(s.to(torch.float32), scale)
+    else:
+        s = scale
+    want = torch.where(dropped, 0.0, x.to(s.dtype) * s[:, None, None, None]).to(dtype)
+    assert_bitwise_equal(out.cpu(), want)
+
+
+def scale_float64(dropped, normalize):
+    """SPEC.md step 7 in float64, from a dropped mask."""
+    N = dropped.shape[0]
+    kept = (~dropped).reshape(N, -1).sum(1).to(torch.float64)
+    if normalize == "none":
+        return torch.ones(N, dtype=torch.float64)
+    if normalize == "batch":
+        numel, kept = dropped.numel(), kept.sum().expand(N)
+    else:
+        numel = dropped[0].numel()
+    return torch.where(kept == 0, 0.0, numel / kept)

@@ -1,0 +1,122 @@
+"""Bad input fails at once with a ValueError or TypeError that names the argument."""
+import pytest
+import torch
+
+import camdrop_kernels as ck
+from camdrop_kernels import reference
+
+x = torch.randn(2, 4, 5, 6)
+cam = torch.randn(2, 5, 6)
+alpha = torch.randn(2, 4)
+
+ENTRY_POINTS = [ck.camdrop, ck.camdrop_mask, reference.camdrop, reference.camdrop_mask]
+
+BAD_CALLS = [
+    # (args, kwargs, exception, words the message must contain)
+    ((x[0], cam, alpha), {}, ValueError, ["x", "4-D"]),
+    ((x.long(), cam, alpha), {}, TypeError, ["x", "floating"]),
+    (([1.0], cam, alpha), {}, TypeError, ["x", "Tensor"]),
+    ((x, cam.long(), alpha), {}, TypeError, ["cam", "floating"]),
+    ((x, cam[:, :4], alpha), {}, ValueError, ["cam", "resize", "class_activation_map"]),
+    ((x, cam[:1], alpha), {}, ValueError, ["cam", "(N, H, W)"]),
+    ((x, cam[:, None].expand(2, 2, 5, 6), alpha), {}, ValueError, ["cam"]),
+    ((x, cam, alpha[:, :3]), {}, ValueError, ["alpha", "(N, C)"]),
+    ((x, cam, alpha[0]), {}, ValueError, ["alpha"]),
+    ((x, cam, alpha.int()), {}, TypeError, ["alpha", "floating"]),
+    ((x, cam, alpha), {"drop_prob": 1.5}, ValueError, ["drop_prob", "[0, 1]"]),
+    ((x, cam, alpha), {"drop_prob": -0.1}, ValueError, ["drop_prob"]),
+    ((x, cam, alpha), {"drop_prob": float("nan")}, ValueError, ["drop_prob"]),
+    ((x, cam, alpha), {"drop_prob": "0.1"}, TypeError, ["drop_prob"]),
+    ((x, cam, alpha), {"block_size": 0}, ValueError, ["block_size", ">= 1"]),
+    ((x, cam, alpha), {"block_size": 3.0}, TypeError, ["block_size", "int"]),
+    ((x, cam, alpha), {"block_size": True}, TypeError, ["block_size"]),
+    ((x, cam, alpha), {"top_pixels": 0}, ValueError, ["top_pixels"]),
+    ((x, cam, alpha), {"top_pixels": 1.5}, ValueError, ["top_pixels", "(0, 1]"]),
+    ((x, cam, alpha), {"top_pixels": 0.0}, ValueError, ["top_pixels"]),
+    ((x, cam, alpha), {"top_pixels": "all"}, TypeError, ["top_pixels"]),
+    ((x, cam, alpha), {"top_channels": -2}, ValueError, ["top_channels"]),
+    ((x, cam, alpha), {"top_channels": float("nan")}, ValueError, ["top_channels"]),
+    ((x, cam, alpha), {"block_shape": "circle"}, ValueError, ["block_shape", "'square'", "'diamond'"]),
+    ((x, cam, alpha), {"normalize": "global"}, ValueError, ["normalize", "'batch'", "'sample'", "'none'"]),
+    ((x, cam, alpha), {"gamma_mode": "paper"}, ValueError, ["gamma_mode", "'dropblock'", "'eligible'"]),
+    ((x, cam, alpha), {"gamma_scale": -1.0}, ValueError, ["gamma_scale"]),
+    ((x, cam, alpha), {"gamma_scale": float("inf")}, ValueError, ["gamma_scale"]),
+    ((x, cam, alpha), {"seed": -1}, ValueError, ["seed", "2**63"]),
+    ((x, cam, alpha), {"seed": 2**63}, ValueError, ["seed", "2**63"]),
+    ((x, cam, alpha), {"seed": 1.0}, TypeError, ["seed"]),
+    ((x, cam, alpha), {"generator": 5}, TypeError, ["generator"]),
+]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda f: f"{f.__module__}.{f.__name__}")
+@pytest.mark.parametrize("args,kwargs,exc,words", BAD_CALLS)
+def test_bad_input_is_named(entry, args, kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        entry(*args, **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("entry", [ck.camdrop, ck.camdrop_mask])
+def test_unknown_backend_lists_choices(entry):
+    with pytest.raises(ValueError, match="backend.*'auto'.*'torch'.*'triton'"):
+        entry(x, cam, alpha, backend="cuda")
+
+
+def test_training_and_inplace_must_be_bool():
+    with pytest.raises(TypeError, match="training"):
+        ck.camdrop(x, cam, alpha, training=1)
+    with pytest.raises(TypeError, match="inplace"):
+        ck.camdrop(x, cam, alpha, inplace="yes")
+
+
+def test_bad_input_fails_even_when_the_call_would_be_a_no_op():
+    with pytest.raises(ValueError, match="block_size"):
+        ck.camdrop(x, cam, alpha, 0.0, 0)
+    with pytest.raises(ValueError, match="cam"):
+        ck.camdrop(x, cam[:, :2], alpha, training=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_tensors_on_different_devices():
+    with pytest.raises(ValueError, match="cam.*device"):
+        ck.camdrop(x.cuda(), cam, alpha.cuda())
+
+
+def test_tensors_on_different_devices_meta():
+    with pytest.raises(ValueError, match="alpha is on meta"):
+        ck.camdrop(x, cam, alpha.to("meta"))
+
+
+def test_module_validates_at_construction():
+    with pytest.raises(ValueError, match="drop_prob"):
+        ck.CamDrop2d(2.0)
+    with pytest.raises(ValueError, match="block_shape"):
+        ck.CamDrop2d(block_shape="round")
+    with pytest.raises(ValueError, match="backend"):
+        ck.CamDrop2d(backend="cuda")
+
+
+def test_channel_importance_errors():
+    w = torch.randn(10, 16)
+    with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 10\)"):
+        ck.channel_importance(w, torch.tensor([0, 10]), 4)
+    with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 10\)"):
+        ck.channel_importance(w, torch.tensor([-1, 3]), 4)
+    with pytest.raises(ValueError, match="weight"):
+        ck.channel_importance(torch.randn(10, 16, 1), torch.tensor([0]), 4)
+    with pytest.raises(TypeError, match="weight"):
+        ck.channel_importance(torch.ones(10, 16, dtype=torch.long), torch.tensor([0]), 4)
+    with pytest.raises(ValueError, match=r"soft targets must have shape \(N, 10\)"):
+        ck.channel_importance(w, torch.rand(2, 9), 4)
+    with pytest.raises(ValueError, match="channels"):
+        ck.channel_importance(w, torch.tensor([1]), 0)
+    with pytest.raises(TypeError, match="targets"):
+        ck.channel_importance(w, [1, 2], 4)
+
+
+def test_class_activation_map_errors():
+    with pytest.raises(ValueError, match="alpha.*channels"):
+        ck.class_activation_map(x, torch.randn(2, 5))
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        ck.class_activation_map(x[0], alpha)
