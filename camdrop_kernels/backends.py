@@ -55,7 +55,3 @@ def module(name: str) -> ModuleType:
         return importlib.import_module("camdrop_kernels.triton_backend")
     raise ValueError(f"unknown backend {name!r}")
 
-
-def triton_backend_present() -> bool:
-    """True when this build ships the Triton backend module."""
-    return importlib.util.find_spec("camdrop_kernels.triton_backend") is not None

@@ -128,7 +128,9 @@ class CamDropConfig:
             return torch.full(eligible_count.shape, self.dropblock_rate(), dtype=torch.float32,
                               device=eligible_count.device)
         den = (self.area * self.top_channels) * eligible_count.to(torch.float64)
-        g = (self.eligible_numerator() / den).clamp(0.0, 1.0)
+        # (A Python number divided by a tensor is a reciprocal then a product in torch: two
+        # roundings. Dividing two float64 tensors is the one correctly rounded quotient.)
+        g = (torch.full_like(den, self.eligible_numerator()) / den).clamp(0.0, 1.0)
         return torch.where(eligible_count == 0, 0.0, g).to(torch.float32)
 
     def scale_from_dropped(self, dropped_per_sample: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -146,7 +148,7 @@ class CamDropConfig:
             numel = per_sample
             kept = per_sample - dropped_per_sample
         kept = kept.to(torch.float64)
-        scale = torch.where(kept == 0, 0.0, numel / kept)
+        scale = torch.where(kept == 0, 0.0, torch.full_like(kept, numel) / kept)
         return scale.to(dtype)
 
 

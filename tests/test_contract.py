@@ -4,6 +4,7 @@ Inputs are fresh random tensors (hypothesis picks shapes, parameters, dtype, lay
 CAM style, plus a seed for the data), covering ties, NaN and -0.0 in cam, odd and even
 blocks, blocks larger than the map, H != W and 1x1 maps.
 """
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ import camdrop_kernels as ck
 from camdrop_kernels import reference
 
 from cases import CAM_STYLES, DTYPES, LAYOUTS, make_alpha, make_cam, make_x
-from conftest import BACKENDS, DEVICE, assert_bitwise_equal
+from conftest import BACKENDS, DEVICE, INTERPRETED, assert_bitwise_equal
 
 
 @st.composite
@@ -26,11 +27,11 @@ def top_arg(draw, total):
 
 
 @st.composite
-def camdrop_case(draw):
-    N = draw(st.integers(1, 3))
-    C = draw(st.integers(1, 10))
-    H = draw(st.integers(1, 9))
-    W = draw(st.integers(1, 9))
+def camdrop_case(draw, backend, small=False):
+    N = draw(st.integers(1, 2 if small else 3))
+    C = draw(st.integers(1, 6 if small else 10))
+    H = draw(st.integers(1, 7 if small else 9))
+    W = draw(st.integers(1, 7 if small else 9))
     kwargs = dict(
         drop_prob=draw(st.sampled_from([0.05, 0.3, 0.7, 1.0])),
         block_size=draw(st.integers(1, 10)),
@@ -49,7 +50,7 @@ def camdrop_case(draw):
         cam_style=draw(st.sampled_from(CAM_STYLES)),
         cam_dtype=draw(st.sampled_from(DTYPES)),
         data_seed=draw(st.integers(0, 2**32 - 1)),
-        backend=draw(st.sampled_from(BACKENDS)),
+        backend=backend,
         kwargs=kwargs,
     )
 
@@ -63,41 +64,56 @@ def build(case, device=DEVICE):
     return x, cam, alpha
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(camdrop_case())
-def test_backend_equals_reference(case):
-    x, cam, alpha = build(case)
-    kw = case["kwargs"]
-    want_mask = reference.camdrop_mask(x.cpu(), cam.cpu(), alpha.cpu(), **kw)
-    want = reference.camdrop(x.cpu(), cam.cpu(), alpha.cpu(), **kw)
-    mask = ck.camdrop_mask(x, cam, alpha, **kw, backend=case["backend"])
-    assert torch.equal(mask.cpu(), want_mask)
-    y = ck.camdrop(x, cam, alpha, **kw, backend=case["backend"])
-    assert_bitwise_equal(y, want)
-    if case["layout"] in ("contiguous", "channels_last"):
-        assert y.stride() == x.stride(), "output keeps x's memory format"
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_equals_reference(backend):
+    @settings(max_examples=80 if backend in INTERPRETED else 150, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(camdrop_case(backend, small=backend in INTERPRETED))
+    def check(case):
+        x, cam, alpha = build(case)
+        kw = case["kwargs"]
+        want_mask = reference.camdrop_mask(x.cpu(), cam.cpu(), alpha.cpu(), **kw)
+        want = reference.camdrop(x.cpu(), cam.cpu(), alpha.cpu(), **kw)
+        mask = ck.camdrop_mask(x, cam, alpha, **kw, backend=case["backend"])
+        assert torch.equal(mask.cpu(), want_mask)
+        y = ck.camdrop(x, cam, alpha, **kw, backend=case["backend"])
+        assert_bitwise_equal(y, want)
+        if case["layout"] in ("contiguous", "channels_last"):
+            assert y.stride() == x.stride(), "output keeps x's memory format"
+
+    check()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(camdrop_case())
-def test_gradient_equals_reference(case):
-    x, cam, alpha = build(case)
-    kw = case["kwargs"]
-    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(case["data_seed"] + 1)).to(x.dtype)
-    xr = x.detach().cpu().requires_grad_()
-    reference.camdrop(xr, cam.cpu(), alpha.cpu(), **kw).backward(dy)
-    xb = x.detach().requires_grad_()
-    ck.camdrop(xb, cam, alpha, **kw, backend=case["backend"]).backward(dy.to(x.device))
-    assert_bitwise_equal(xb.grad, xr.grad, "gradient")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_equals_reference(backend):
+    @settings(max_examples=25 if backend in INTERPRETED else 40, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(camdrop_case(backend, small=backend in INTERPRETED))
+    def check(case):
+        x, cam, alpha = build(case)
+        kw = case["kwargs"]
+        dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(case["data_seed"] + 1)).to(x.dtype)
+        xr = x.detach().cpu().requires_grad_()
+        reference.camdrop(xr, cam.cpu(), alpha.cpu(), **kw).backward(dy)
+        xb = x.detach().requires_grad_()
+        ck.camdrop(xb, cam, alpha, **kw, backend=case["backend"]).backward(dy.to(x.device))
+        assert_bitwise_equal(xb.grad, xr.grad, "gradient")
+
+    check()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(camdrop_case())
-def test_inplace_equals_out_of_place(case):
-    x, cam, alpha = build(case)
-    kw = case["kwargs"]
-    want = ck.camdrop(x, cam, alpha, **kw, backend=case["backend"])
-    x2 = x.clone()
-    got = ck.camdrop(x2, cam, alpha, **kw, inplace=True, backend=case["backend"])
-    assert got is x2
-    assert_bitwise_equal(x2, want)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_equals_out_of_place(backend):
+    @settings(max_examples=25 if backend in INTERPRETED else 40, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(camdrop_case(backend, small=backend in INTERPRETED))
+    def check(case):
+        x, cam, alpha = build(case)
+        kw = case["kwargs"]
+        want = ck.camdrop(x, cam, alpha, **kw, backend=case["backend"])
+        x2 = x.clone()
+        got = ck.camdrop(x2, cam, alpha, **kw, inplace=True, backend=case["backend"])
+        assert got is x2
+        assert_bitwise_equal(x2, want)
+
+    check()

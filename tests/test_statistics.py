@@ -16,7 +16,8 @@ from conftest import DEVICE
 
 
 @pytest.mark.parametrize("drop_prob", [0.1, 0.3, 0.5])
-def test_eligible_fraction_matches_expectation(drop_prob, backend):
+def test_eligible_fraction_matches_expectation(drop_prob, compiled_backend):
+    backend = compiled_backend
     N, C, H, W = 4, 8, 8, 8
     cam = torch.zeros(N, H, W)
     for u, v in [(1, 1), (1, 5), (5, 1), (5, 5)]:
