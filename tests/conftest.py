@@ -22,6 +22,12 @@ BACKENDS = ["torch"] + (["triton"] if HAS_TRITON else [])
 # that make hundreds of calls (statistics over seeds, gradcheck) run it on CUDA only; the
 # contract tests, which compare it with the reference bit for bit, run it on small inputs.
 INTERPRETED = {"triton"} if HAS_TRITON and not HAS_CUDA else set()
+# Scales the hypothesis example counts (benchmarks/gpu_check.sh lowers it to fit its time box).
+EXAMPLES_SCALE = float(os.environ.get("CAMDROP_EXAMPLES_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return max(1, int(n * EXAMPLES_SCALE))
 
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
              torch.float64: torch.int64}

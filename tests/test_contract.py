@@ -13,7 +13,7 @@ import camdrop_kernels as ck
 from camdrop_kernels import reference
 
 from cases import CAM_STYLES, DTYPES, LAYOUTS, make_alpha, make_cam, make_x
-from conftest import BACKENDS, DEVICE, INTERPRETED, assert_bitwise_equal
+from conftest import BACKENDS, DEVICE, INTERPRETED, assert_bitwise_equal, examples
 
 
 @st.composite
@@ -66,7 +66,7 @@ def build(case, device=DEVICE):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_equals_reference(backend):
-    @settings(max_examples=80 if backend in INTERPRETED else 150, deadline=None,
+    @settings(max_examples=examples(80 if backend in INTERPRETED else 150), deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(camdrop_case(backend, small=backend in INTERPRETED))
     def check(case):
@@ -86,7 +86,7 @@ def test_backend_equals_reference(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradient_equals_reference(backend):
-    @settings(max_examples=25 if backend in INTERPRETED else 40, deadline=None,
+    @settings(max_examples=examples(25 if backend in INTERPRETED else 40), deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(camdrop_case(backend, small=backend in INTERPRETED))
     def check(case):
@@ -104,7 +104,7 @@ def test_gradient_equals_reference(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_inplace_equals_out_of_place(backend):
-    @settings(max_examples=25 if backend in INTERPRETED else 40, deadline=None,
+    @settings(max_examples=examples(25 if backend in INTERPRETED else 40), deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(camdrop_case(backend, small=backend in INTERPRETED))
     def check(case):

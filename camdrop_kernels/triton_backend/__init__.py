@@ -95,14 +95,15 @@ def plan_mask(seed, pix, pix_count, gamma, chan, cfg: CamDropConfig):
     wpp = words_per_plane(H, W)
     bits = torch.zeros((N, n_chan, wpp), dtype=torch.int32, device=pix.device)
     dropped = torch.zeros((N,), dtype=torch.int64, device=pix.device)
-    words = triton.next_power_of_2(-(-W // 32))
-    seeds = min(triton.next_power_of_2(n_pix), 32)
-    block_h = min(triton.next_power_of_2(H), max(1, 4096 // (words * seeds)))
+    rows = 2 * cfg.rho + 1 if cfg.block_shape == "diamond" else cfg.rh
+    width = 2 * cfg.rho + 1 if cfg.block_shape == "diamond" else cfg.rw
+    words = triton.next_power_of_2((width + 30) // 32 + 1)  # a run of `width` bits spans this many words
     launch = Launch(
-        mask_kernel, (N * n_chan, triton.cdiv(H, block_h)),
+        mask_kernel, (N * n_chan,),
         (seed, pix, pix_count, gamma, chan, bits, dropped, C, H, W, n_pix, n_chan, wpp),
-        dict(UP=cfg.rh // 2, DOWN=(cfg.rh - 1) // 2, LEFT=cfg.rw // 2, RW=cfg.rw, RHO=cfg.rho,
-             DIAMOND=cfg.block_shape == "diamond", BLOCK_H=block_h, WORDS=words, SEEDS=seeds),
+        dict(UP=cfg.rh // 2, LEFT=cfg.rw // 2, RH=cfg.rh, RW=cfg.rw, RHO=cfg.rho,
+             DIAMOND=cfg.block_shape == "diamond", ROWS=triton.next_power_of_2(rows), WORDS=words,
+             SEEDS=min(triton.next_power_of_2(n_pix), 64), COUNT_BLOCK=min(triton.next_power_of_2(wpp), 1024)),
     )
     return launch, (bits, dropped)
 
