@@ -54,12 +54,24 @@ def camdrop(
     The same ``seed`` gives the same mask on every backend and device. Gradients flow
     to x only.
     """
+    return camdrop_with_counts(
+        x, cam, alpha, drop_prob, block_size, top_pixels=top_pixels, top_channels=top_channels,
+        block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode, gamma_scale=gamma_scale, seed=seed,
+        generator=generator, training=training, inplace=inplace, backend=backend,
+    )[0]
+
+
+def camdrop_with_counts(x, cam, alpha, drop_prob=0.1, block_size=7, *, top_pixels=None, top_channels=None,
+                        block_shape="square", normalize="batch", gamma_mode="dropblock", gamma_scale=1.0,
+                        seed=None, generator=None, training=True, inplace=False, backend="auto"):
+    """:func:`camdrop`, also returning each sample's dropped-element count (a device tensor, or None
+    when nothing ran). What CamDrop2d uses to keep its statistics without a host sync."""
     cam, cfg, seed, generator = _prepare(x, cam, alpha, drop_prob, block_size, top_pixels, top_channels,
                                          block_shape, normalize, gamma_mode, gamma_scale, seed, generator, backend)
     validation.check_bool("training", training)
     validation.check_bool("inplace", inplace)
     if not training or cfg.drop_prob == 0.0 or x.numel() == 0:
-        return x
+        return x, None
     if inplace:
         validation.check_inplace(x)
     name = backends.resolve(backend, x)
@@ -67,7 +79,8 @@ def camdrop(
     args = _op_args(cam, alpha, seed_t, cfg, name, block_size)
     if inplace:
         return ops.camdrop_inplace(x, *args)
-    return ops.camdrop_op(x, *args)[0]
+    out = ops.camdrop_op(x, *args)
+    return out[0], out[4]
 
 
 def camdrop_mask(
@@ -95,5 +108,5 @@ def camdrop_mask(
     name = backends.resolve(backend, x)
     seed_t = make_seed(seed, generator, x.device)
     with torch.no_grad():
-        _, chan, mask, _ = ops.camdrop_op(x, *_op_args(cam, alpha, seed_t, cfg, name, block_size))
+        _, chan, mask, _, _ = ops.camdrop_op(x, *_op_args(cam, alpha, seed_t, cfg, name, block_size))
     return backends.module(name).dense_mask(chan, mask, cfg)

@@ -15,30 +15,43 @@ def channel_importance(weight: torch.Tensor, targets: torch.Tensor, channels: in
     of ``channels`` each output is the mean of C'/channels consecutive entries (the
     authors' grouping); otherwise the channel axis is adaptively average-pooled.
     """
+    if not _is_int(channels) or channels < 1:
+        raise ValueError(f"channels must be an int >= 1; got {channels!r}")
+    check_targets(weight, targets)
+    return _channel_importance(weight, targets, channels)
+
+
+def check_targets(weight: torch.Tensor, targets: torch.Tensor) -> None:
+    """Validate a classifier weight and targets for it. Class indices on the CPU are range-checked
+    here (on CUDA an out-of-range index fails in the gather itself: checking would sync)."""
     check_floating_tensor("weight", weight)
     if weight.dim() != 2:
         raise ValueError(f"weight must be the classifier's 2-D (num_classes, features) matrix; got shape "
                          f"{tuple(weight.shape)}")
-    if not _is_int(channels) or channels < 1:
-        raise ValueError(f"channels must be an int >= 1; got {channels!r}")
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor; got {type(targets).__name__}")
-    K, features = weight.shape
+    K = weight.shape[0]
     if targets.dim() == 1 and not targets.is_floating_point():
         if targets.dtype == torch.bool:
             raise TypeError("targets must be int class indices (N,) or float soft targets (N, K); got bool")
         if targets.device.type == "cpu" and targets.numel() and (targets.min() < 0 or targets.max() >= K):
             raise ValueError(f"targets must be class indices in [0, {K}); got values in "
                              f"[{int(targets.min())}, {int(targets.max())}]")
-        rows = weight.index_select(0, targets.to(weight.device))
-    elif targets.dim() == 2 and targets.is_floating_point():
-        if targets.shape[1] != K:
+    elif not (targets.dim() == 2 and targets.is_floating_point() and targets.shape[1] == K):
+        if targets.dim() == 2 and targets.is_floating_point():
             raise ValueError(f"soft targets must have shape (N, {K}) to match weight's {K} classes; got "
                              f"{tuple(targets.shape)}")
-        rows = targets.to(device=weight.device, dtype=weight.dtype) @ weight
-    else:
         raise ValueError(f"targets must be int class indices (N,) or float soft targets (N, {K}); got dtype "
                          f"{targets.dtype} and shape {tuple(targets.shape)}")
+
+
+def _channel_importance(weight: torch.Tensor, targets: torch.Tensor, channels: int) -> torch.Tensor:
+    """channel_importance without the checks (for callers that validated once, e.g. CamDrop2d)."""
+    features = weight.shape[1]
+    if targets.dim() == 1:
+        rows = weight.index_select(0, targets.to(weight.device))
+    else:
+        rows = targets.to(device=weight.device, dtype=weight.dtype) @ weight
     if features % channels == 0:
         return rows.reshape(rows.shape[0], channels, features // channels).mean(-1)
     return F.adaptive_avg_pool1d(rows[:, None, :], channels)[:, 0, :]

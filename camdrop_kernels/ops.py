@@ -1,7 +1,8 @@
 """CamDrop as registered torch custom ops with autograd, so torch.compile keeps it in the graph.
 
-``camdrop_kernels::camdrop`` (functional) returns (y, channels, mask, scale): the last
-three are the compact state the backward needs. ``camdrop_kernels::camdrop_backward``
+``camdrop_kernels::camdrop`` (functional) returns (y, channels, mask, scale, dropped):
+channels, mask and scale are the compact state the backward needs; dropped holds each
+sample's count of dropped elements (for statistics, read without a host sync). ``camdrop_kernels::camdrop_backward``
 applies the same rule to a gradient and is its own derivative. ``camdrop_kernels::camdrop_``
 mutates x; autograd goes through :class:`_InplaceCamDrop`, since torch cannot attach a
 formula to a mutating op.
@@ -16,7 +17,7 @@ from torch import Tensor
 from . import backends
 from .config import CamDropConfig, compute_dtype
 
-_Outputs = Tuple[Tensor, Tensor, Tensor]
+_State = Tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _config(x: Tensor, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode,
@@ -25,7 +26,7 @@ def _config(x: Tensor, drop_prob, block_size, top_pixels, top_channels, block_sh
                                normalize, gamma_mode, gamma_scale)
 
 
-def _fake_state(x: Tensor, cfg: CamDropConfig, backend: str) -> _Outputs:
+def _fake_state(x: Tensor, cfg: CamDropConfig, backend: str) -> _State:
     mod = backends.module(backend)
     chan_shape, chan_dtype = mod.channels_spec(cfg)
     mask_shape, mask_dtype = mod.mask_spec(cfg)
@@ -33,6 +34,7 @@ def _fake_state(x: Tensor, cfg: CamDropConfig, backend: str) -> _Outputs:
         x.new_empty(chan_shape, dtype=chan_dtype),
         x.new_empty(mask_shape, dtype=mask_dtype),
         x.new_empty((cfg.N,), dtype=compute_dtype(x.dtype)),
+        x.new_empty((cfg.N,), dtype=torch.int64),
     )
 
 
@@ -40,8 +42,8 @@ def _fake_state(x: Tensor, cfg: CamDropConfig, backend: str) -> _Outputs:
 def camdrop_op(
     x: Tensor, cam: Tensor, alpha: Tensor, seed: Tensor, drop_prob: float, block_size: int, top_pixels: int,
     top_channels: int, block_shape: str, normalize: str, gamma_mode: str, gamma_scale: float, backend: str,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """y and the backward state (channels, mask, scale) for validated inputs (cam is (N, H, W))."""
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, channels, mask, scale, dropped counts) for validated inputs (cam is (N, H, W))."""
     cfg = _config(x, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode,
                   gamma_scale)
     return backends.module(backend).forward(x, cam, alpha, seed, cfg)
@@ -59,12 +61,11 @@ def _(x, cam, alpha, seed, drop_prob, block_size, top_pixels, top_channels, bloc
 def camdrop_inplace_op(
     x: Tensor, cam: Tensor, alpha: Tensor, seed: Tensor, drop_prob: float, block_size: int, top_pixels: int,
     top_channels: int, block_shape: str, normalize: str, gamma_mode: str, gamma_scale: float, backend: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """In-place CamDrop: writes y into x, returns the backward state (channels, mask, scale)."""
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """In-place CamDrop: writes y into x, returns (channels, mask, scale, dropped counts)."""
     cfg = _config(x, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode,
                   gamma_scale)
-    _, chan, mask, scale = backends.module(backend).forward(x, cam, alpha, seed, cfg, inplace=True)
-    return chan, mask, scale
+    return backends.module(backend).forward(x, cam, alpha, seed, cfg, inplace=True)[1:]
 
 
 @camdrop_inplace_op.register_fake
@@ -87,7 +88,7 @@ def _(dy, chan, mask, scale, backend):
 
 
 def _setup_forward(ctx, inputs, output):
-    _, chan, mask, scale = output
+    _, chan, mask, scale, _ = output
     ctx.save_for_backward(chan, mask, scale)
     ctx.backend = inputs[-1]
 
@@ -120,21 +121,21 @@ class _InplaceCamDrop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, *args):
-        chan, mask, scale = camdrop_inplace_op(x, *args)
+        chan, mask, scale, dropped = camdrop_inplace_op(x, *args)
         ctx.mark_dirty(x)
+        ctx.mark_non_differentiable(dropped)
         ctx.save_for_backward(chan, mask, scale)
         ctx.backend = args[-1]
-        return x
+        return x, dropped
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, _):
         chan, mask, scale = ctx.saved_tensors
         return (camdrop_backward_op(dy, chan, mask, scale, ctx.backend),) + (None,) * 12
 
 
-def camdrop_inplace(x: Tensor, *args) -> Tensor:
-    """Run the in-place op, through autograd when x takes part in it."""
+def camdrop_inplace(x: Tensor, *args) -> Tuple[Tensor, Tensor]:
+    """Run the in-place op, through autograd when x takes part in it: (x, dropped counts)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _InplaceCamDrop.apply(x, *args)
-    camdrop_inplace_op(x, *args)
-    return x
+    return x, camdrop_inplace_op(x, *args)[3]

@@ -86,10 +86,11 @@ def forward(
     x: torch.Tensor, cam: torch.Tensor, alpha: torch.Tensor, seed: torch.Tensor, cfg: CamDropConfig,
     inplace: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, channels, dropped, scale) for validated inputs."""
+    """(y, channels, dropped mask, scale, dropped count per sample) for validated inputs."""
     chan, dropped = build_mask(cam, alpha, seed, cfg)
-    scale = cfg.scale_from_dropped(dropped.reshape(cfg.N, -1).sum(1), compute_dtype(x.dtype))
-    return apply(x, chan, dropped, scale, inplace), chan, dropped, scale
+    counts = dropped.reshape(cfg.N, -1).sum(1)
+    scale = cfg.scale_from_dropped(counts, compute_dtype(x.dtype))
+    return apply(x, chan, dropped, scale, inplace), chan, dropped, scale, counts
 
 
 def backward(dy: torch.Tensor, chan: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -48,12 +48,13 @@ def test_more_than_2_31_elements():
     cfg = CamDropConfig.build((N, C, H, W), 0.5, 5, None, 3, "square", "batch", "eligible", 1.0)
     seed = torch.tensor(123)
     chan_cpu, dropped_cpu = torch_backend.build_mask(cam.cpu(), alpha.cpu(), seed, cfg)
-    y, slot, bits, scale = ops.camdrop_op(x, cam, alpha, seed.cuda(), 0.5, 5, cfg.top_pixels, 3, "square",
+    y, slot, bits, scale, dropped = ops.camdrop_op(x, cam, alpha, seed.cuda(), 0.5, 5, cfg.top_pixels, 3, "square",
                                          "batch", "eligible", 1.0, "triton")
     assert torch.equal(chan_cpu[1], torch.tensor([C - 3, C - 2, C - 1]))
     shifts = torch.arange(32, device="cuda", dtype=torch.int32)
     planes = ((bits[..., None] >> shifts) & 1).reshape(N, 3, -1)[..., : H * W].reshape(N, 3, H, W) != 0
     assert torch.equal(planes.cpu(), dropped_cpu) and dropped_cpu[1].any()
+    assert torch.equal(dropped.cpu(), dropped_cpu.reshape(N, -1).sum(1))
     kept = N * C * H * W - int(dropped_cpu.sum())
     assert float(scale[0]) == torch.tensor(N * C * H * W / kept, dtype=torch.float32).item()
     # The far end of the tensor: sample 1's last channels, written with int64 offsets.
@@ -140,7 +141,7 @@ def test_triton_saved_state_is_compact():
 
     x, cam, alpha = (t.cuda() for t in inputs((64, 256, 56, 56), torch.bfloat16))
     cfg = CamDropConfig.build(tuple(x.shape), 0.1, 7, None, None, "square", "batch", "dropblock", 1.0)
-    _, slot, bits, scale = ops.camdrop_op(x, cam, alpha, torch.tensor(1, device="cuda"), 0.1, 7, cfg.top_pixels,
+    _, slot, bits, scale, _ = ops.camdrop_op(x, cam, alpha, torch.tensor(1, device="cuda"), 0.1, 7, cfg.top_pixels,
                                          cfg.top_channels, "square", "batch", "dropblock", 1.0, "triton")
     mask_bits = bits.numel() * 32
     assert mask_bits <= cfg.N * cfg.top_channels * (cfg.H * cfg.W + 31)  # one bit per element (+ padding)

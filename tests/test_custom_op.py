@@ -25,7 +25,11 @@ def test_opcheck(dtype, layout, backend):
     args = op_args(backend, dtype, layout)
     x = args[0].clone().requires_grad_()
     torch.library.opcheck(ops.camdrop_op, (x,) + args[1:])
-    _, chan, mask, scale = ops.camdrop_op(*args)
+    y, chan, mask, scale, dropped = ops.camdrop_op(*args)
+    assert dropped.dtype == torch.int64 and dropped.shape == (2,)
+    dense = ck.camdrop_mask(*args[:3], 0.7, 3, top_pixels=5, top_channels=2, gamma_mode="eligible", seed=12345,
+                            backend=backend)
+    assert torch.equal(dropped.cpu(), dense.reshape(2, -1).sum(1).cpu())
     torch.library.opcheck(ops.camdrop_backward_op, (torch.randn_like(args[0]), chan, mask, scale, backend))
     torch.library.opcheck(ops.camdrop_inplace_op, (args[0].clone(),) + args[1:],
                           test_utils=("test_schema", "test_faketensor"))

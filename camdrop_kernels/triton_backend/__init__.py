@@ -142,12 +142,12 @@ def build_mask(cam: torch.Tensor, alpha: torch.Tensor, seed: torch.Tensor, cfg: 
 
 
 def forward(x, cam, alpha, seed, cfg: CamDropConfig, inplace: bool = False):
-    """(y, slot map, bit mask, scale) for validated inputs."""
+    """(y, slot map, bit mask, scale, dropped count per sample) for validated inputs."""
     slot, bits, dropped = build_mask(cam, alpha, seed, cfg)
     scale = torch.empty((cfg.N,), dtype=compute_dtype(x.dtype), device=x.device)
     y = x if inplace else torch.empty_like(x)
     plan_apply(x, y, slot, bits, dropped, scale, cfg.normalize, True)()
-    return y, slot, bits, scale
+    return y, slot, bits, scale, dropped
 
 
 def backward(dy, slot, bits, scale):

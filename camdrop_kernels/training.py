@@ -1,0 +1,93 @@
+"""Training-loop helpers: hand targets to the CamDrop layers, set and schedule their drop rate.
+
+The schedules follow the authors' code (``ResNet/resnet_model.py``): "decay" ramps the drop
+rate linearly from 0 to its final value over training; "V" ramps it up to its peak at an
+anchor step (by default half-way), then back down to 0 at the end; and each stage s of a
+ResNet gets the rate divided by 4**(last_stage - s).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, List
+
+import torch
+from torch import nn
+
+from . import validation
+from .guidance import check_targets
+from .modules import CamDrop2d
+
+
+def camdrop_layers(model: nn.Module) -> List[CamDrop2d]:
+    """Every CamDrop2d in ``model`` (DDP and torch.compile wrappers included)."""
+    return [m for m in model.modules() if isinstance(m, CamDrop2d)]
+
+
+@contextlib.contextmanager
+def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
+    """Hand the batch's targets to every CamDrop layer of ``model`` for the forward passes inside.
+
+    ``targets`` are class indices (N,) or soft targets (N, K) (mixup/cutmix). They are
+    checked against each bound classifier here, once, and cleared on exit, also on error::
+
+        with camdrop_kernels.targets(model, labels):
+            loss = criterion(model(images), labels)
+    """
+    layers = camdrop_layers(model)
+    if not layers:
+        raise ValueError("the model has no CamDrop2d layers: add them first (camdrop_kernels.convert_resnet)")
+    checked = set()
+    for layer in layers:
+        classifier = layer.classifier
+        if classifier is not None and id(classifier) not in checked:
+            check_targets(classifier.weight, targets)
+            checked.add(id(classifier))
+    for layer in layers:
+        layer.set_targets(targets)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.set_targets(None)
+
+
+def set_drop_prob(model: nn.Module, drop_prob: float) -> None:
+    """Set every CamDrop layer's rate to ``drop_prob`` times its per-stage ``drop_prob_scale``."""
+    drop_prob = validation.check_probability("drop_prob", drop_prob)
+    for layer in camdrop_layers(model):
+        layer.drop_prob = drop_prob * layer.drop_prob_scale
+
+
+def stage_drop_prob(drop_prob: float, stage: int, last_stage: int = 4) -> float:
+    """The authors' per-stage rate: keep 1 - (1 - keep) / 4**(last_stage - stage), i.e. p / 4**(L - s)."""
+    drop_prob = validation.check_probability("drop_prob", drop_prob)
+    if not validation._is_int(stage) or not 1 <= stage <= last_stage:
+        raise ValueError(f"stage must be an int in [1, {last_stage}]; got {stage!r}")
+    return drop_prob / 4.0 ** (last_stage - stage)
+
+
+def _check_steps(step, total_steps):
+    if not validation._is_int(total_steps) or total_steps < 1:
+        raise ValueError(f"total_steps must be an int >= 1; got {total_steps!r}")
+    if not validation._is_int(step) or step < 0:
+        raise ValueError(f"step must be an int >= 0; got {step!r}")
+
+
+def linear_ramp(step: int, total_steps: int, drop_prob: float) -> float:
+    """The "decay" schedule: drop_prob * step / total_steps, held at drop_prob after the end."""
+    _check_steps(step, total_steps)
+    drop_prob = validation.check_probability("drop_prob", drop_prob)
+    return drop_prob * min(step, total_steps) / total_steps
+
+
+def v_schedule(step: int, total_steps: int, drop_prob: float, peak_step: int = None) -> float:
+    """The "V" schedule: up from 0 to drop_prob at ``peak_step`` (default total_steps // 2), then down
+    to 0 at ``total_steps`` (the authors anchor the peak between two learning-rate drops)."""
+    _check_steps(step, total_steps)
+    drop_prob = validation.check_probability("drop_prob", drop_prob)
+    peak = total_steps // 2 if peak_step is None else peak_step
+    if not validation._is_int(peak) or not 0 < peak < total_steps:
+        raise ValueError(f"peak_step must be an int in (0, total_steps); got {peak_step!r}")
+    if step < peak:
+        return drop_prob * step / peak
+    return drop_prob * max(total_steps - step, 0) / (total_steps - peak)

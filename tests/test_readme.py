@@ -1,0 +1,26 @@
+"""The README's training-loop snippets run as written."""
+import re
+from pathlib import Path
+
+import pytest
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def snippet(name: str) -> str:
+    match = re.search(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", README, re.S)
+    assert match, f"README has no '{name}' snippet"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", ["timm", "torchvision"])
+def test_training_snippet_runs(name, capsys):
+    pytest.importorskip(name)
+    exec(compile(snippet(name), f"README:{name}", "exec"), {"__name__": "__readme__"})
+    out = capsys.readouterr().out
+    assert ("step 1: loss" in out) if name == "timm" else ("final loss" in out)
+
+
+def test_quickstart_runs():
+    match = re.search(r"## Quickstart\s*```python\n(.*?)```", README, re.S)
+    exec(compile(match.group(1), "README:quickstart", "exec"), {"__name__": "__readme__"})
