@@ -76,11 +76,9 @@ def camdrop_with_counts(x, cam, alpha, drop_prob=0.1, block_size=7, *, top_pixel
         validation.check_inplace(x)
     name = backends.resolve(backend, x)
     seed_t = make_seed(seed, generator, x.device)
-    args = _op_args(cam, alpha, seed_t, cfg, name, block_size)
     if inplace:
-        return ops.camdrop_inplace(x, *args)
-    out = ops.camdrop_op(x, *args)
-    return out[0], out[4]
+        return ops.camdrop_inplace(x, *_op_args(cam, alpha, seed_t, cfg, name, block_size))
+    return ops.camdrop_functional(x, cam.detach(), alpha.detach(), seed_t, cfg, block_size, name)
 
 
 def camdrop_mask(

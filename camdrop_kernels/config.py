@@ -6,6 +6,7 @@ steps 3 and 4).
 """
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -74,7 +75,16 @@ class CamDropConfig:
         gamma_mode: str,
         gamma_scale: float,
     ) -> "CamDropConfig":
-        N, C, H, W = (int(s) for s in shape)
+        """The config for validated arguments (cached in eager mode: a training loop asks for the same
+        few; under torch.compile it is built once at trace time anyway)."""
+        make = CamDropConfig._make if torch.compiler.is_compiling() else _build
+        return make(tuple(int(s) for s in shape), drop_prob, block_size, top_pixels, top_channels, block_shape,
+                    normalize, gamma_mode, gamma_scale)
+
+    @staticmethod
+    def _make(shape, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode,
+              gamma_scale) -> "CamDropConfig":
+        N, C, H, W = shape
         rh, rw = min(block_size, H), min(block_size, W)
         if block_shape == "square":
             rho = 0
@@ -150,6 +160,9 @@ class CamDropConfig:
         kept = kept.to(torch.float64)
         scale = torch.where(kept == 0, 0.0, torch.full_like(kept, numel) / kept)
         return scale.to(dtype)
+
+
+_build = functools.lru_cache(maxsize=512)(CamDropConfig._make)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

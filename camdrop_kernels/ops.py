@@ -116,6 +116,38 @@ torch.library.register_autograd("camdrop_kernels::camdrop_backward", _backward_b
                                 setup_context=_setup_backward)
 
 
+class _EagerCamDrop(torch.autograd.Function):
+    """The functional op's eager path: the same backend calls without the custom-op dispatch
+    (tens of microseconds a call). torch.compile traces the registered op instead."""
+
+    @staticmethod
+    def forward(ctx, x, cam, alpha, seed, cfg, backend):
+        y, chan, mask, scale, dropped = backends.module(backend).forward(x, cam, alpha, seed, cfg)
+        ctx.mark_non_differentiable(dropped)
+        ctx.save_for_backward(chan, mask, scale)
+        ctx.backend = backend
+        return y, dropped
+
+    @staticmethod
+    def backward(ctx, dy, _):
+        chan, mask, scale = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: stay on the differentiable op
+            dx = camdrop_backward_op(dy, chan, mask, scale, ctx.backend)
+        else:
+            dx = backends.module(ctx.backend).backward(dy, chan, mask, scale)
+        return dx, None, None, None, None, None
+
+
+def camdrop_functional(x: Tensor, cam: Tensor, alpha: Tensor, seed: Tensor, cfg: CamDropConfig,
+                       block_size: int, backend: str) -> Tuple[Tensor, Tensor]:
+    """(y, dropped counts): the registered op under torch.compile, the lean eager path otherwise."""
+    if torch.compiler.is_compiling():
+        out = camdrop_op(x, cam, alpha, seed, cfg.drop_prob, block_size, cfg.top_pixels, cfg.top_channels,
+                         cfg.block_shape, cfg.normalize, cfg.gamma_mode, cfg.gamma_scale, backend)
+        return out[0], out[4]
+    return _EagerCamDrop.apply(x, cam, alpha, seed, cfg, backend)
+
+
 class _InplaceCamDrop(torch.autograd.Function):
     """Autograd for the in-place op: marks x dirty and saves the compact state."""
 

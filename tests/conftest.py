@@ -3,6 +3,7 @@
 Without a GPU, Triton kernels run in the interpreter: TRITON_INTERPRET must be set
 before triton kernels are defined, so it is set here, before any test imports them.
 """
+import contextlib
 import os
 
 import pytest
@@ -11,13 +12,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from camdrop_kernels import backends  # noqa: E402
+from camdrop_kernels import backends, torch_backend  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = backends.triton_available()
-# The device and backends the contract tests run on.
+HAS_NATIVE = torch_backend.native_available()
+# The device and the implementations the contract tests run: each backend, and the torch
+# backend's plain-torch path too where its native CPU extension is built.
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-BACKENDS = ["torch"] + (["triton"] if HAS_TRITON else [])
+BACKENDS = ["torch"] + (["torch-pure"] if HAS_NATIVE else []) + (["triton"] if HAS_TRITON else [])
 # Without a GPU, Triton runs in its interpreter at about 5 ms per program instance: tests
 # that make hundreds of calls (statistics over seeds, gradcheck) run it on CUDA only; the
 # contract tests, which compare it with the reference bit for bit, run it on small inputs.
@@ -51,12 +54,24 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, what: str
     )
 
 
+@contextlib.contextmanager
+def variant(name: str):
+    """Run an implementation from BACKENDS: yields the backend name to pass to camdrop."""
+    if name == "torch-pure":
+        with torch_backend.native_disabled():
+            yield "torch"
+    else:
+        yield name
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    return request.param
+    with variant(request.param) as name:
+        yield name
 
 
 @pytest.fixture(params=[b for b in BACKENDS if b not in INTERPRETED])
 def compiled_backend(request):
     """Backends that run natively here (not in an interpreter): for tests making many calls."""
-    return request.param
+    with variant(request.param) as name:
+        yield name

@@ -13,7 +13,7 @@ import camdrop_kernels as ck
 from camdrop_kernels import reference
 
 from cases import CAM_STYLES, DTYPES, LAYOUTS, make_alpha, make_cam, make_x
-from conftest import BACKENDS, DEVICE, INTERPRETED, assert_bitwise_equal, examples
+from conftest import BACKENDS, DEVICE, INTERPRETED, assert_bitwise_equal, examples, variant
 
 
 @st.composite
@@ -50,7 +50,7 @@ def camdrop_case(draw, backend, small=False):
         cam_style=draw(st.sampled_from(CAM_STYLES)),
         cam_dtype=draw(st.sampled_from(DTYPES)),
         data_seed=draw(st.integers(0, 2**32 - 1)),
-        backend=backend,
+        backend="torch" if backend == "torch-pure" else backend,
         kwargs=kwargs,
     )
 
@@ -64,11 +64,11 @@ def build(case, device=DEVICE):
     return x, cam, alpha
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_backend_equals_reference(backend):
-    @settings(max_examples=examples(80 if backend in INTERPRETED else 150), deadline=None,
+@pytest.mark.parametrize("implementation", BACKENDS)
+def test_backend_equals_reference(implementation):
+    @settings(max_examples=examples(80 if implementation in INTERPRETED else 150), deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
-    @given(camdrop_case(backend, small=backend in INTERPRETED))
+    @given(camdrop_case(implementation, small=implementation in INTERPRETED))
     def check(case):
         x, cam, alpha = build(case)
         kw = case["kwargs"]
@@ -81,14 +81,15 @@ def test_backend_equals_reference(backend):
         if case["layout"] in ("contiguous", "channels_last"):
             assert y.stride() == x.stride(), "output keeps x's memory format"
 
-    check()
+    with variant(implementation):
+        check()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_gradient_equals_reference(backend):
-    @settings(max_examples=examples(25 if backend in INTERPRETED else 40), deadline=None,
+@pytest.mark.parametrize("implementation", BACKENDS)
+def test_gradient_equals_reference(implementation):
+    @settings(max_examples=examples(25 if implementation in INTERPRETED else 40), deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
-    @given(camdrop_case(backend, small=backend in INTERPRETED))
+    @given(camdrop_case(implementation, small=implementation in INTERPRETED))
     def check(case):
         x, cam, alpha = build(case)
         kw = case["kwargs"]
@@ -99,14 +100,15 @@ def test_gradient_equals_reference(backend):
         ck.camdrop(xb, cam, alpha, **kw, backend=case["backend"]).backward(dy.to(x.device))
         assert_bitwise_equal(xb.grad, xr.grad, "gradient")
 
-    check()
+    with variant(implementation):
+        check()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_inplace_equals_out_of_place(backend):
-    @settings(max_examples=examples(25 if backend in INTERPRETED else 40), deadline=None,
+@pytest.mark.parametrize("implementation", BACKENDS)
+def test_inplace_equals_out_of_place(implementation):
+    @settings(max_examples=examples(25 if implementation in INTERPRETED else 40), deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
-    @given(camdrop_case(backend, small=backend in INTERPRETED))
+    @given(camdrop_case(implementation, small=implementation in INTERPRETED))
     def check(case):
         x, cam, alpha = build(case)
         kw = case["kwargs"]
@@ -116,4 +118,5 @@ def test_inplace_equals_out_of_place(backend):
         assert got is x2
         assert_bitwise_equal(x2, want)
 
-    check()
+    with variant(implementation):
+        check()

@@ -47,7 +47,7 @@ def test_more_than_2_31_elements():
     kw = dict(drop_prob=0.5, block_size=5, top_channels=3, gamma_mode="eligible", seed=123)
     cfg = CamDropConfig.build((N, C, H, W), 0.5, 5, None, 3, "square", "batch", "eligible", 1.0)
     seed = torch.tensor(123)
-    chan_cpu, dropped_cpu = torch_backend.build_mask(cam.cpu(), alpha.cpu(), seed, cfg)
+    chan_cpu, dropped_cpu, _ = torch_backend.build_mask(cam.cpu(), alpha.cpu(), seed, cfg)
     y, slot, bits, scale, dropped = ops.camdrop_op(x, cam, alpha, seed.cuda(), 0.5, 5, cfg.top_pixels, 3, "square",
                                          "batch", "eligible", 1.0, "triton")
     assert torch.equal(chan_cpu[1], torch.tensor([C - 3, C - 2, C - 1]))

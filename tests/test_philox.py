@@ -56,3 +56,25 @@ def test_uniform_is_in_unit_interval():
     assert u.dtype == torch.float32
     assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
     assert abs(float(u.mean()) - 0.5) < 0.01
+
+
+def test_native_stream_matches(monkeypatch):
+    """The native CPU extension's copy of the stream (csrc/camdrop_cpu.c), when built."""
+    native = pytest.importorskip("camdrop_kernels._native")
+    for seed, offset, expected in CHECK_VALUES:
+        assert native.uniform(seed, offset) == expected
+    rng = random.Random()
+    for _ in range(200):
+        seed, offset = rng.randrange(2**63), rng.randrange(2**44)
+        assert native.uniform(seed, offset) == python_uniform(seed, offset)
+
+
+def test_native_extension_is_built_in_ci():
+    """CI installs with a C compiler: the fast CPU path must not silently fall back there."""
+    import os
+
+    from camdrop_kernels import torch_backend
+
+    if os.environ.get("CI") != "true":
+        pytest.skip("only checked in CI")
+    assert torch_backend.native_available()
