@@ -13,8 +13,11 @@ _warned_fallback = False
 
 
 def triton_available() -> bool:
-    """True when the triton package can be imported (kernels are compiled lazily)."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the triton package is installed (kernels are compiled lazily, on first use)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as absent
+        return False
 
 
 def triton_interpreting() -> bool:

@@ -161,12 +161,16 @@ def check_options(
 
 
 def check_inplace(x: torch.Tensor) -> None:
-    """Refuse what torch's own in-place ops refuse: a leaf that requires grad."""
+    """Refuse what torch's own in-place ops refuse: a leaf that requires grad, or memory where
+    several elements share one location (an expanded tensor)."""
     if x.is_leaf and x.requires_grad:
         raise RuntimeError(
             "camdrop(inplace=True) on a leaf tensor that requires grad: use inplace=False, "
             "or apply it to the output of another op"
         )
+    if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
+        raise ValueError("camdrop(inplace=True) needs x without overlapping elements (x is expanded); "
+                         "use inplace=False or x.contiguous()")
 
 
 def prepare_call(x, cam, alpha, *, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,

@@ -66,3 +66,29 @@ def test_inplace_refuses_leaf_requiring_grad():
     x.requires_grad_()
     with pytest.raises(RuntimeError, match="leaf"):
         ck.camdrop(x, cam, alpha, 0.5, 3, inplace=True)
+
+
+def test_inplace_refuses_expanded_x():
+    x, cam, alpha = inputs(torch.float32)
+    expanded = x[:, :1].expand(-1, x.shape[1], -1, -1)
+    with pytest.raises(ValueError, match="overlapping"):
+        ck.camdrop(expanded, cam, alpha, 0.5, 3, inplace=True)
+
+
+def test_import_and_cpu_use_without_triton(tmp_path):
+    """``import camdrop_kernels`` and the CPU path work when triton is not installed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, camdrop_kernels as ck\n"
+        "from camdrop_kernels import backends\n"
+        "assert not backends.triton_available()\n"
+        "x = torch.randn(2, 8, 6, 6)\n"
+        "y = ck.camdrop(x, torch.randn(2, 6, 6), torch.randn(2, 8), 0.5, 3, seed=1)\n"
+        "assert y.shape == x.shape\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -64,59 +64,57 @@ def build(case, device=DEVICE):
     return x, cam, alpha
 
 
+def for_random_cases(implementation, examples_native, examples_interpreted, check):
+    """Run ``check(x, cam, alpha, kwargs, backend)`` on hypothesis-drawn cases for one implementation
+    (fewer and smaller cases where it runs in Triton's interpreter)."""
+    interpreted = implementation in INTERPRETED
+
+    @settings(max_examples=examples(examples_interpreted if interpreted else examples_native), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(camdrop_case(implementation, small=interpreted))
+    def run(case):
+        x, cam, alpha = build(case)
+        check(case, x, cam, alpha, case["kwargs"], case["backend"])
+
+    with variant(implementation):
+        run()
+
+
 @pytest.mark.parametrize("implementation", BACKENDS)
 def test_backend_equals_reference(implementation):
-    @settings(max_examples=examples(80 if implementation in INTERPRETED else 150), deadline=None,
-              suppress_health_check=[HealthCheck.too_slow])
-    @given(camdrop_case(implementation, small=implementation in INTERPRETED))
-    def check(case):
-        x, cam, alpha = build(case)
-        kw = case["kwargs"]
+    def check(case, x, cam, alpha, kw, backend):
         want_mask = reference.camdrop_mask(x.cpu(), cam.cpu(), alpha.cpu(), **kw)
         want = reference.camdrop(x.cpu(), cam.cpu(), alpha.cpu(), **kw)
-        mask = ck.camdrop_mask(x, cam, alpha, **kw, backend=case["backend"])
+        mask = ck.camdrop_mask(x, cam, alpha, **kw, backend=backend)
         assert torch.equal(mask.cpu(), want_mask)
-        y = ck.camdrop(x, cam, alpha, **kw, backend=case["backend"])
+        y = ck.camdrop(x, cam, alpha, **kw, backend=backend)
         assert_bitwise_equal(y, want)
         if case["layout"] in ("contiguous", "channels_last"):
             assert y.stride() == x.stride(), "output keeps x's memory format"
 
-    with variant(implementation):
-        check()
+    for_random_cases(implementation, 150, 80, check)
 
 
 @pytest.mark.parametrize("implementation", BACKENDS)
 def test_gradient_equals_reference(implementation):
-    @settings(max_examples=examples(25 if implementation in INTERPRETED else 40), deadline=None,
-              suppress_health_check=[HealthCheck.too_slow])
-    @given(camdrop_case(implementation, small=implementation in INTERPRETED))
-    def check(case):
-        x, cam, alpha = build(case)
-        kw = case["kwargs"]
+    def check(case, x, cam, alpha, kw, backend):
         dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(case["data_seed"] + 1)).to(x.dtype)
         xr = x.detach().cpu().requires_grad_()
         reference.camdrop(xr, cam.cpu(), alpha.cpu(), **kw).backward(dy)
         xb = x.detach().requires_grad_()
-        ck.camdrop(xb, cam, alpha, **kw, backend=case["backend"]).backward(dy.to(x.device))
+        ck.camdrop(xb, cam, alpha, **kw, backend=backend).backward(dy.to(x.device))
         assert_bitwise_equal(xb.grad, xr.grad, "gradient")
 
-    with variant(implementation):
-        check()
+    for_random_cases(implementation, 40, 25, check)
 
 
 @pytest.mark.parametrize("implementation", BACKENDS)
 def test_inplace_equals_out_of_place(implementation):
-    @settings(max_examples=examples(25 if implementation in INTERPRETED else 40), deadline=None,
-              suppress_health_check=[HealthCheck.too_slow])
-    @given(camdrop_case(implementation, small=implementation in INTERPRETED))
-    def check(case):
-        x, cam, alpha = build(case)
-        kw = case["kwargs"]
-        want = ck.camdrop(x, cam, alpha, **kw, backend=case["backend"])
+    def check(case, x, cam, alpha, kw, backend):
+        want = ck.camdrop(x, cam, alpha, **kw, backend=backend)
         x2 = x.clone()
-        got = ck.camdrop(x2, cam, alpha, **kw, inplace=True, backend=case["backend"])
+        got = ck.camdrop(x2, cam, alpha, **kw, inplace=True, backend=backend)
         assert got is x2
         assert_bitwise_equal(x2, want)
 
-    with variant(implementation):
-        check()
+    for_random_cases(implementation, 40, 25, check)
