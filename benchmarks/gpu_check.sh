@@ -22,14 +22,14 @@ status=0
 } 2>&1 | tee "$OUT/env.txt"
 
 # 1. CUDA tests, then the contract tests on the GPU with a smaller example budget (JIT compiles cost time).
-CAMDROP_EXAMPLES_SCALE="${CAMDROP_EXAMPLES_SCALE:-0.2}" timeout 270 "$PY" -m pytest -q -p no:cacheprovider \
+CAMDROP_EXAMPLES_SCALE="${CAMDROP_EXAMPLES_SCALE:-0.2}" timeout 240 "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_cuda.py tests/test_golden.py tests/test_hand_worked.py tests/test_seeding.py tests/test_api.py \
   tests/test_autograd.py tests/test_custom_op.py tests/test_contract.py 2>&1 | tee "$OUT/tests.log"
 test_rc=${PIPESTATUS[0]}
 [ "$test_rc" -ne 0 ] && status=1
 
 # 2. GPU benchmarks (throughput, memory, mask-build share), JSON for benchmarks/report.py.
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_throughput.py --benchmark-only \
+timeout 200 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_throughput.py --benchmark-only \
   --benchmark-json="$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
 

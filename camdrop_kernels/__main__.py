@@ -11,7 +11,7 @@ import time
 import torch
 
 import camdrop_kernels as ck
-from camdrop_kernels import backends, reference
+from camdrop_kernels import backends, reference, torch_backend
 from camdrop_kernels.config import CamDropConfig
 
 
@@ -50,7 +50,10 @@ def main(argv=None) -> int:
     cfg = CamDropConfig.build(tuple(x.shape), args.drop_prob, args.block_size, None, None, "square", "batch",
                               "dropblock", 1.0)
 
-    print(f"camdrop_kernels {ck.__version__} | torch {torch.__version__} | device {device} | backend {backend}")
+    detail = ""
+    if backend == "torch" and device.type == "cpu":
+        detail = " (mask build in C)" if torch_backend.native_available() else " (plain torch: no C extension built)"
+    print(f"camdrop_kernels {ck.__version__} | torch {torch.__version__} | device {device} | backend {backend}{detail}")
     print(f"x {tuple(x.shape)} float32, drop_prob {args.drop_prob}, block_size {args.block_size}, seed {args.seed}")
     print(f"selected per sample: {cfg.top_pixels} of {H * W} pixels (top of the CAM), "
           f"{cfg.top_channels} of {C} channels (top of alpha)")

@@ -1,4 +1,5 @@
-"""The public functions: validate, pick a backend, run the registered op."""
+"""The public functions: validate, pick a backend, run the op (the registered custom op under
+torch.compile, a lean autograd.Function calling the same backend in eager mode)."""
 from __future__ import annotations
 
 from typing import Optional, Union
