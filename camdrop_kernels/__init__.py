@@ -4,15 +4,19 @@
 in the most important channels (top of alpha), then rescales. ``SPEC.md`` in the
 repository is the contract every backend meets bit for bit.
 """
-from .api import camdrop, camdrop_mask
-from .convert import convert_resnet
+from . import ops as _ops  # noqa: F401  (registers torch.ops.camdrop_kernels)
+from .api import camdrop, camdrop1d, camdrop1d_mask, camdrop3d, camdrop3d_mask, camdrop_mask
+from .conversion import convert_resnet
 from .guidance import channel_importance, class_activation_map
-from .modules import CamDrop2d
-from .training import camdrop_layers, linear_ramp, set_drop_prob, stage_drop_prob, targets, v_schedule
+from .nn import CamDrop1d, CamDrop2d, CamDrop3d
+from .training import (camdrop_layers, dropped_stats, dropped_summary, linear_ramp, set_drop_prob, stage_drop_prob,
+                       targets, v_schedule)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "camdrop", "camdrop_mask", "channel_importance", "class_activation_map", "CamDrop2d", "convert_resnet",
-    "targets", "camdrop_layers", "set_drop_prob", "linear_ramp", "v_schedule", "stage_drop_prob", "__version__",
+    "camdrop", "camdrop1d", "camdrop3d", "camdrop_mask", "camdrop1d_mask", "camdrop3d_mask",
+    "channel_importance", "class_activation_map", "CamDrop1d", "CamDrop2d", "CamDrop3d", "convert_resnet",
+    "targets", "camdrop_layers", "set_drop_prob", "dropped_stats", "dropped_summary", "linear_ramp", "v_schedule",
+    "stage_drop_prob", "__version__",
 ]

@@ -11,8 +11,8 @@ import time
 import torch
 
 import camdrop_kernels as ck
-from camdrop_kernels import backends, reference, torch_backend
-from camdrop_kernels.config import CamDropConfig
+from camdrop_kernels import backends, reference
+from camdrop_kernels.options import Options
 
 
 def _time(fn, device: torch.device, repeat: int) -> float:
@@ -46,17 +46,14 @@ def main(argv=None) -> int:
     alpha = torch.randn(N, C, generator=gen).to(device)
     cam = ck.class_activation_map(x, alpha)
     kw = dict(drop_prob=args.drop_prob, block_size=args.block_size, seed=args.seed)
-    backend = backends.resolve("auto", x)
-    cfg = CamDropConfig.build(tuple(x.shape), args.drop_prob, args.block_size, None, None, "square", "batch",
-                              "dropblock", 1.0)
-
-    detail = ""
-    if backend == "torch" and device.type == "cpu":
-        detail = " (mask build in C)" if torch_backend.native_available() else " (plain torch: no C extension built)"
-    print(f"camdrop_kernels {ck.__version__} | torch {torch.__version__} | device {device} | backend {backend}{detail}")
+    backend = backends.select(device.type).__name__.rsplit(".", 1)[-1]
+    detail = {"cpu_native": "native C kernels", "torch_ops": "plain torch ops (no C extension built)",
+              "triton_backend": "Triton kernels"}.get(backend, backend)
+    geo = Options.get(2, args.block_size, None, None, "square", "batch", "eligible", 1.0).geometry(C, (H, W))
+    print(f"camdrop_kernels {ck.__version__} | torch {torch.__version__} | device {device} | backend: {detail}")
     print(f"x {tuple(x.shape)} float32, drop_prob {args.drop_prob}, block_size {args.block_size}, seed {args.seed}")
-    print(f"selected per sample: {cfg.top_pixels} of {H * W} pixels (top of the CAM), "
-          f"{cfg.top_channels} of {C} channels (top of alpha)")
+    print(f"selected per sample: {geo.top_pixels} of {H * W} pixels (top of the CAM), "
+          f"{geo.top_channels} of {C} channels (top of alpha)")
 
     y = ck.camdrop(x, cam, alpha, **kw)
     mask = ck.camdrop_mask(x, cam, alpha, **kw)

@@ -4,21 +4,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .validation import _is_int, check_floating_tensor
+from .validation import check_floating_tensor, is_int
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def channel_importance(weight: torch.Tensor, targets: torch.Tensor, channels: int) -> torch.Tensor:
     """alpha (N, channels): each channel's weight for the sample's class in the final linear layer.
 
-    ``weight`` is the classifier's (K, C') matrix; ``targets`` are class indices (N,) or
-    soft targets (N, K) (mixup/cutmix: the rows are mixed by them). When C' is a multiple
-    of ``channels`` each output is the mean of C'/channels consecutive entries (the
-    authors' grouping); otherwise the channel axis is adaptively average-pooled.
+    ``weight`` is the classifier's (K, C') matrix; ``targets`` are class indices (N,) of any
+    integer dtype, or soft targets (N, K) (mixup/cutmix: the rows are mixed by them). When C'
+    is a multiple of ``channels`` each output is the mean of C'/channels consecutive entries
+    (the authors' grouping); otherwise the channel axis is adaptively average-pooled.
     """
-    if not _is_int(channels) or channels < 1:
+    if not is_int(channels) or channels < 1:
         raise ValueError(f"channels must be an int >= 1; got {channels!r}")
     check_targets(weight, targets)
-    return _channel_importance(weight, targets, channels)
+    return importance(weight, targets, channels)
 
 
 def check_targets(weight: torch.Tensor, targets: torch.Tensor) -> None:
@@ -31,25 +33,25 @@ def check_targets(weight: torch.Tensor, targets: torch.Tensor) -> None:
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor; got {type(targets).__name__}")
     K = weight.shape[0]
-    if targets.dim() == 1 and not targets.is_floating_point():
-        if targets.dtype == torch.bool:
-            raise TypeError("targets must be int class indices (N,) or float soft targets (N, K); got bool")
+    if targets.dim() == 1 and targets.dtype in _INT_DTYPES:
         if targets.device.type == "cpu" and targets.numel() and (targets.min() < 0 or targets.max() >= K):
             raise ValueError(f"targets must be class indices in [0, {K}); got values in "
                              f"[{int(targets.min())}, {int(targets.max())}]")
-    elif not (targets.dim() == 2 and targets.is_floating_point() and targets.shape[1] == K):
-        if targets.dim() == 2 and targets.is_floating_point():
+        return
+    if targets.dim() == 2 and targets.is_floating_point():
+        if targets.shape[1] != K:
             raise ValueError(f"soft targets must have shape (N, {K}) to match weight's {K} classes; got "
                              f"{tuple(targets.shape)}")
-        raise ValueError(f"targets must be int class indices (N,) or float soft targets (N, {K}); got dtype "
-                         f"{targets.dtype} and shape {tuple(targets.shape)}")
+        return
+    raise TypeError(f"targets must be integer class indices (N,) or float soft targets (N, {K}); got dtype "
+                    f"{targets.dtype} and shape {tuple(targets.shape)}")
 
 
-def _channel_importance(weight: torch.Tensor, targets: torch.Tensor, channels: int) -> torch.Tensor:
-    """channel_importance without the checks (for callers that validated once, e.g. CamDrop2d)."""
+def importance(weight: torch.Tensor, targets: torch.Tensor, channels: int) -> torch.Tensor:
+    """channel_importance without the checks (for callers that validated once, e.g. the modules)."""
     features = weight.shape[1]
     if targets.dim() == 1:
-        rows = weight.index_select(0, targets.to(weight.device))
+        rows = weight.index_select(0, targets.to(device=weight.device, dtype=torch.int64))
     else:
         rows = targets.to(device=weight.device, dtype=weight.dtype) @ weight
     if features % channels == 0:
@@ -58,12 +60,18 @@ def _channel_importance(weight: torch.Tensor, targets: torch.Tensor, channels: i
 
 
 def class_activation_map(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """cam (N, H, W) = sum over c of alpha[n, c] * x[n, c]: the CAM at x's resolution."""
+    """cam (N, *S) = sum over c of alpha[n, c] * x[n, c]: the CAM at x's resolution, for x of any
+    rank (N, C, *S)."""
     check_floating_tensor("x", x)
     check_floating_tensor("alpha", alpha)
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D (N, C, H, W); got shape {tuple(x.shape)}")
+    if x.dim() < 3:
+        raise ValueError(f"x must be (N, C, *S) with at least one spatial axis; got shape {tuple(x.shape)}")
     if alpha.dim() != 2 or alpha.shape[0] != x.shape[0] or alpha.shape[1] != x.shape[1]:
         raise ValueError(f"alpha must have shape (N, C) = ({x.shape[0]}, {x.shape[1]}) to match x's channels; "
                          f"got {tuple(alpha.shape)}")
-    return torch.einsum("nchw,nc->nhw", x, alpha.to(x.dtype))
+    return cam_unchecked(x, alpha)
+
+
+def cam_unchecked(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """class_activation_map without the checks."""
+    return torch.einsum("nc...,nc->n...", x, alpha.to(x.dtype))

@@ -48,12 +48,33 @@ def philox_uniform(seed: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32) * scale
 
 
-def make_seed(seed: Optional[int], generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
-    """The call's seed as an int64 scalar tensor on ``device``, without a host-device sync.
+def make_seed(seed: Optional[int], generator: Optional[torch.Generator], x: torch.Tensor) -> torch.Tensor:
+    """The call's seed as an int64 one-element tensor, without a host-device sync or a device launch
+    where avoidable.
 
-    An int ``seed`` is used as given; otherwise one is drawn from ``generator`` (or the
-    device's default generator), so a captured CUDA graph draws a fresh one per replay.
+    An int ``seed`` becomes a CPU tensor (the kernels read it as a value). ``None`` draws one from
+    ``generator`` if given, else from torch's default CPU generator (so ``torch.manual_seed``
+    reproduces it, and no CUDA kernel is launched for it), except while a CUDA graph is being
+    captured or torch.compile is tracing a CUDA call: then it is drawn on the device, so every
+    replay draws a fresh mask.
     """
     if seed is not None:
-        return torch.full((), seed, dtype=torch.int64, device=device)
-    return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=device, generator=generator)
+        return torch.tensor(seed, dtype=torch.int64)
+    if generator is not None:
+        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=generator.device, generator=generator)
+    if x.device.type == "cuda" and (torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()):
+        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=x.device)
+    return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64)
+
+
+_RATES: dict = {}
+
+
+def rate_tensor(drop_prob: float) -> torch.Tensor:
+    """drop_prob as a float64 CPU scalar tensor (cached: a training loop asks for a few values)."""
+    t = _RATES.get(drop_prob)
+    if t is None:
+        if len(_RATES) > 256:
+            _RATES.clear()
+        t = _RATES[drop_prob] = torch.tensor(drop_prob, dtype=torch.float64)
+    return t

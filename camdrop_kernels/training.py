@@ -1,4 +1,5 @@
-"""Training-loop helpers: hand targets to the CamDrop layers, set and schedule their drop rate.
+"""Training-loop helpers: hand targets to the CamDrop layers, set and schedule their rate, and
+report what they dropped.
 
 The schedules follow the authors' code (``ResNet/resnet_model.py``): "decay" ramps the drop
 rate linearly from 0 to its final value over training; "V" ramps it up to its peak at an
@@ -8,68 +9,97 @@ ResNet gets the rate divided by 4**(last_stage - s).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List
+from typing import Dict, Iterator, List
 
 import torch
 from torch import nn
 
 from . import validation
 from .guidance import check_targets
-from .modules import CamDrop2d
+from .nn import CamDropNd
 
 
-def camdrop_layers(model: nn.Module) -> List[CamDrop2d]:
-    """Every CamDrop2d in ``model`` (DDP and torch.compile wrappers included)."""
-    return [m for m in model.modules() if isinstance(m, CamDrop2d)]
+def camdrop_layers(model: nn.Module) -> List[CamDropNd]:
+    """Every CamDrop layer in ``model`` (DDP and torch.compile wrappers included)."""
+    return [m for m in model.modules() if isinstance(m, CamDropNd)]
 
 
 @contextlib.contextmanager
 def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     """Hand the batch's targets to every CamDrop layer of ``model`` for the forward passes inside.
 
-    ``targets`` are class indices (N,) or soft targets (N, K) (mixup/cutmix). They are
-    checked against each bound classifier here, once, and cleared on exit, also on error::
+    ``targets`` are class indices (N,) of any integer dtype, or soft targets (N, K)
+    (mixup/cutmix). They are checked against each bound classifier here, once. On exit,
+    also on error, each layer gets back the targets it had before (so contexts nest)::
 
         with camdrop_kernels.targets(model, labels):
             loss = criterion(model(images), labels)
     """
     layers = camdrop_layers(model)
     if not layers:
-        raise ValueError("the model has no CamDrop2d layers: add them first (camdrop_kernels.convert_resnet)")
+        raise ValueError("the model has no CamDrop layers: add them first (camdrop_kernels.convert)")
     checked = set()
     for layer in layers:
         classifier = layer.classifier
         if classifier is not None and id(classifier) not in checked:
             check_targets(classifier.weight, targets)
             checked.add(id(classifier))
+    saved = [layer._targets for layer in layers]
     for layer in layers:
         layer.set_targets(targets)
     try:
         yield model
     finally:
-        for layer in layers:
-            layer.set_targets(None)
+        for layer, previous in zip(layers, saved):
+            layer.set_targets(previous)
 
 
 def set_drop_prob(model: nn.Module, drop_prob: float) -> None:
-    """Set every CamDrop layer's rate to ``drop_prob`` times its per-stage ``drop_prob_scale``."""
+    """Set every CamDrop layer's rate to ``drop_prob`` times its per-stage ``drop_prob_scale``.
+
+    The rate is a tensor the layers read on the device: calling this every step does not
+    recompile a compiled model."""
     drop_prob = validation.check_probability("drop_prob", drop_prob)
     for layer in camdrop_layers(model):
         layer.drop_prob = drop_prob * layer.drop_prob_scale
 
 
+def dropped_stats(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Per CamDrop layer (by module name): the last training batch's dropped share (``fraction``)
+    and whether its rate saturated (``saturated``), as device tensors: no sync."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, CamDropNd) and module.last_dropped is not None:
+            out[name] = {"fraction": module.last_dropped_fraction, "saturated": module.saturated}
+    return out
+
+
+def dropped_summary(model: nn.Module) -> str:
+    """One line for a training log: each CamDrop layer's last dropped share, '!' where its rate
+    saturated (drop_prob asked for more than the guided region holds). Reads device values: call
+    it every k steps, not in the hot loop."""
+    stats = dropped_stats(model)
+    if not stats:
+        return "camdrop: no training batch yet"
+    values = torch.stack([torch.stack([s["fraction"].float(), s["saturated"].float()]) for s in stats.values()])
+    values = values.cpu().tolist()
+    parts = [f"{name or 'layer'} {100 * f:.2f}%{'!' if sat else ''}" for name, (f, sat) in zip(stats, values)]
+    note = " (! = saturated: drop_prob asks for more than the guided region holds)" if any(v[1] for v in values) else ""
+    return "camdrop dropped: " + ", ".join(parts) + note
+
+
 def stage_drop_prob(drop_prob: float, stage: int, last_stage: int = 4) -> float:
     """The authors' per-stage rate: keep 1 - (1 - keep) / 4**(last_stage - stage), i.e. p / 4**(L - s)."""
     drop_prob = validation.check_probability("drop_prob", drop_prob)
-    if not validation._is_int(stage) or not 1 <= stage <= last_stage:
+    if not validation.is_int(stage) or not 1 <= stage <= last_stage:
         raise ValueError(f"stage must be an int in [1, {last_stage}]; got {stage!r}")
     return drop_prob / 4.0 ** (last_stage - stage)
 
 
 def _check_steps(step, total_steps):
-    if not validation._is_int(total_steps) or total_steps < 1:
+    if not validation.is_int(total_steps) or total_steps < 1:
         raise ValueError(f"total_steps must be an int >= 1; got {total_steps!r}")
-    if not validation._is_int(step) or step < 0:
+    if not validation.is_int(step) or step < 0:
         raise ValueError(f"step must be an int >= 0; got {step!r}")
 
 
@@ -86,7 +116,7 @@ def v_schedule(step: int, total_steps: int, drop_prob: float, peak_step: int = N
     _check_steps(step, total_steps)
     drop_prob = validation.check_probability("drop_prob", drop_prob)
     peak = total_steps // 2 if peak_step is None else peak_step
-    if not validation._is_int(peak) or not 0 < peak < total_steps:
+    if not validation.is_int(peak) or not 0 < peak < total_steps:
         raise ValueError(f"peak_step must be an int in (0, total_steps); got {peak_step!r}")
     if step < peak:
         return drop_prob * step / peak

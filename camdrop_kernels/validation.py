@@ -1,31 +1,35 @@
 """Argument checks for the public API: every bad input fails here, at once, by name.
 
 Each check raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind,
-wrong value) with the argument's name and what was expected.
+wrong value) with the argument's name and what was expected. Checks run on Python values
+and tensor metadata only (never on tensor data), so they cost microseconds and never
+synchronise with a device; under ``torch.compile`` they trace into guards.
 """
 from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
-from .config import BLOCK_SHAPES, GAMMA_MODES, NORMALIZE_MODES, CamDropConfig
-from .philox import SEED_LIMIT
+PUBLIC_BACKENDS = ("auto", "torch", "triton")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+SEED_LIMIT = 2**63
+_SPATIAL_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+_CAM_NAMES = {1: "(N, L)", 2: "(N, H, W)", 3: "(N, D, H, W)"}
+_FUNCTION_NAMES = {1: "camdrop1d", 2: "camdrop", 3: "camdrop3d"}
 
-BACKENDS = ("auto", "torch", "triton")
 
-
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _is_real(value) -> bool:
+def is_real(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def check_choice(name: str, value, choices) -> str:
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
@@ -34,32 +38,34 @@ def check_choice(name: str, value, choices) -> str:
 def check_floating_tensor(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor; got dtype {value.dtype}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 tensor; got dtype {value.dtype} "
+                        "(a floating-point tensor is expected)")
     return value
 
 
-def check_inputs(x, cam, alpha) -> torch.Tensor:
-    """Check x, cam and alpha against each other; return cam as an (N, H, W) view."""
+def check_inputs(rank: int, x, cam, alpha) -> torch.Tensor:
+    """Check x, cam and alpha against each other; return cam as an (N, *S) view."""
     check_floating_tensor("x", x)
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D (N, C, H, W); got shape {tuple(x.shape)}")
+    if x.dim() != rank + 2:
+        other = x.dim() - 2
+        hint = f" (for {other}-D maps use {_FUNCTION_NAMES[other]})" if other in _FUNCTION_NAMES else ""
+        raise ValueError(f"x must be {rank + 2}-D {_SPATIAL_NAMES[rank]}; got shape {tuple(x.shape)}{hint}")
     check_floating_tensor("cam", cam)
     check_floating_tensor("alpha", alpha)
-    N, C, H, W = x.shape
-    if cam.dim() == 4 and cam.shape[1] == 1:
-        cam = cam[:, 0]
-    if cam.dim() != 3 or cam.shape[0] != N:
+    N, C = x.shape[0], x.shape[1]
+    spatial = tuple(x.shape[2:])
+    if cam.dim() == rank + 2 and cam.shape[1] == 1:
+        cam = cam.squeeze(1)
+    if cam.dim() != rank + 1 or cam.shape[0] != N:
+        want = ", ".join(map(str, (N,) + spatial))
+        raise ValueError(f"cam must have shape {_CAM_NAMES[rank]} or with a channel axis of 1 = ({want}) for x of "
+                         f"shape {tuple(x.shape)}; got {tuple(cam.shape)}")
+    if tuple(cam.shape[1:]) != spatial:
         raise ValueError(
-            f"cam must have shape (N, H, W) or (N, 1, H, W) = ({N}, {H}, {W}) for x of shape "
-            f"{tuple(x.shape)}; got {tuple(cam.shape)}"
-        )
-    if tuple(cam.shape[1:]) != (H, W):
-        raise ValueError(
-            f"cam's spatial size {tuple(cam.shape[1:])} does not match x's ({H}, {W}): resize the CAM "
-            "to this layer's resolution (e.g. F.interpolate), or build it with class_activation_map(x, alpha)"
-        )
-    if alpha.dim() != 2 or tuple(alpha.shape) != (N, C):
+            f"cam's spatial size {tuple(cam.shape[1:])} does not match x's {spatial}: resize the CAM to this "
+            "layer's resolution (e.g. F.interpolate), or build it with class_activation_map(x, alpha)")
+    if alpha.dim() != 2 or alpha.shape[0] != N or alpha.shape[1] != C:
         raise ValueError(f"alpha must have shape (N, C) = ({N}, {C}); got {tuple(alpha.shape)}")
     for name, t in (("cam", cam), ("alpha", alpha)):
         if t.device != x.device:
@@ -68,16 +74,16 @@ def check_inputs(x, cam, alpha) -> torch.Tensor:
 
 
 def check_probability(name: str, value) -> float:
-    if not _is_real(value):
+    if not is_real(value):
         raise TypeError(f"{name} must be a real number in [0, 1]; got {type(value).__name__}")
     value = float(value)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1]; got {value}")
     return value
 
 
 def check_block_size(value) -> int:
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"block_size must be an int >= 1; got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"block_size must be an int >= 1; got {value}")
@@ -85,22 +91,22 @@ def check_block_size(value) -> int:
 
 
 def check_top(name: str, value):
-    """``top_pixels``/``top_channels``: None, an int >= 1, or a float in (0, 1]."""
+    """``top_pixels``/``top_channels``: None, an int >= 1, or a float in (0, 1] (bool is refused)."""
     if value is None:
         return None
-    if _is_int(value):
+    if is_int(value):
         if value < 1:
             raise ValueError(f"{name} must be an int >= 1 or a float in (0, 1]; got {value}")
         return int(value)
     if isinstance(value, float):
-        if not 0.0 < value <= 1.0:  # also rejects NaN
+        if not 0.0 < value <= 1.0:  # also refuses NaN
             raise ValueError(f"{name} must be an int >= 1 or a float in (0, 1]; got {value}")
         return value
     raise TypeError(f"{name} must be None, an int >= 1 or a float in (0, 1]; got {type(value).__name__}")
 
 
 def check_gamma_scale(value) -> float:
-    if not _is_real(value):
+    if not is_real(value):
         raise TypeError(f"gamma_scale must be a finite real number >= 0; got {type(value).__name__}")
     value = float(value)
     if not (math.isfinite(value) and value >= 0.0):
@@ -111,7 +117,7 @@ def check_gamma_scale(value) -> float:
 def check_seed(value) -> Optional[int]:
     if value is None:
         return None
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"seed must be None or an int in [0, 2**63); got {type(value).__name__}")
     if not 0 <= value < SEED_LIMIT:
         raise ValueError(f"seed must be in [0, 2**63); got {value}")
@@ -134,53 +140,13 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
-def check_options(
-    *,
-    drop_prob,
-    block_size,
-    top_pixels,
-    top_channels,
-    block_shape,
-    normalize,
-    gamma_mode,
-    gamma_scale,
-    seed,
-) -> dict:
-    """Validate the CamDrop parameters shared by every entry point; return them normalised."""
-    return dict(
-        drop_prob=check_probability("drop_prob", drop_prob),
-        block_size=check_block_size(block_size),
-        top_pixels=check_top("top_pixels", top_pixels),
-        top_channels=check_top("top_channels", top_channels),
-        block_shape=check_choice("block_shape", block_shape, BLOCK_SHAPES),
-        normalize=check_choice("normalize", normalize, NORMALIZE_MODES),
-        gamma_mode=check_choice("gamma_mode", gamma_mode, GAMMA_MODES),
-        gamma_scale=check_gamma_scale(gamma_scale),
-        seed=check_seed(seed),
-    )
-
-
 def check_inplace(x: torch.Tensor) -> None:
-    """Refuse what torch's own in-place ops refuse: a leaf that requires grad, or memory where
-    several elements share one location (an expanded tensor)."""
-    if x.is_leaf and x.requires_grad:
+    """Refuse what torch's own in-place ops refuse: a leaf that requires grad while grad mode is
+    on, or memory where several elements share one location (an expanded tensor)."""
+    if x.is_leaf and x.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
-            "camdrop(inplace=True) on a leaf tensor that requires grad: use inplace=False, "
-            "or apply it to the output of another op"
-        )
+            "camdrop(inplace=True): a leaf Variable that requires grad is being used in an in-place operation; "
+            "use inplace=False, run it under torch.no_grad(), or apply it to the output of another op")
     if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
         raise ValueError("camdrop(inplace=True) needs x without overlapping elements (x is expanded); "
                          "use inplace=False or x.contiguous()")
-
-
-def prepare_call(x, cam, alpha, *, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,
-                 gamma_mode, gamma_scale, seed, generator):
-    """Validate one CamDrop call; return (cam as (N, H, W), config, seed, generator)."""
-    cam = check_inputs(x, cam, alpha)
-    opts = check_options(
-        drop_prob=drop_prob, block_size=block_size, top_pixels=top_pixels, top_channels=top_channels,
-        block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode, gamma_scale=gamma_scale, seed=seed,
-    )
-    generator = check_generator(generator, x.device)
-    seed = opts.pop("seed")
-    return cam, CamDropConfig.build(tuple(x.shape), **opts), seed, generator

@@ -1,19 +1,25 @@
 /*
- * camdrop_kernels._native: the CPU mask build of SPEC.md in C, for the "torch" backend.
+ * camdrop_kernels._native: the CPU kernels of SPEC.md, for 1-D, 2-D and 3-D maps.
  *
- * Plain torch pays a per-op cost on every one of the ~150 small ops of the mask build
- * (ranking, Philox at the eligible positions, block stamping): about a millisecond a call,
- * several times the one multiply over x that is the CPU path's floor. These two functions
- * do that work in one pass each and leave the multiply to torch:
+ *   build   steps 1-7 for a batch: top pixels and channels per sample, the seed rate, Philox
+ *           seeds at the eligible positions only, blocks stamped as runs of bits into a bit
+ *           mask over the top channels, dropped counts, per-sample scales. Writes the saved
+ *           state (slots, bits, scale) and the statistics (dropped, rate).
+ *   apply   step 8: y = +0.0 where the state says dropped, else x * scale rounded once to
+ *           x's dtype, in one pass over x for any strides (the backward is this on dy).
  *
- *   build_mask   top pixels and channels per sample (SPEC.md steps 1-2), the seed rate (4),
- *                seeds at eligible positions only (5) stamped into blocks (6): a byte mask
- *                over the top channels, and dropped counts per sample.
- *   zero_dropped writes +0.0 (all-zero bytes, for every IEEE float type) into x-shaped
- *                memory at the dropped positions, for any strides.
+ * Safety: every tensor arrives as a DLPack capsule (torch.utils.dlpack.to_dlpack), so this file
+ * reads shapes, strides, dtypes and devices from the tensors themselves and checks all of them,
+ * and every index it will use (slot values, counts, block geometry), before touching memory.
+ * Nothing here trusts its caller: wrong arguments raise TypeError/ValueError naming them.
  *
- * Tensors arrive as addresses of contiguous buffers prepared by torch_backend.py; no
- * torch headers are needed, so this builds in about a second with any C compiler.
+ * Threads: the loops run on torch's own OpenMP pool. The GOMP entry points of the OpenMP
+ * runtime torch loaded are looked up at run time (dlsym); the caller passes
+ * torch.get_num_threads(). So this code adds no threads of its own and cannot oversubscribe
+ * the cores torch uses; without such a runtime everything runs on the calling thread.
+ *
+ * No torch headers: this builds in a second or two with any C compiler, and does not depend
+ * on the torch version it runs beside.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -21,8 +27,211 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if !defined(_WIN32)
+#include <dlfcn.h>
+#endif
 
-/* ---- SPEC.md's random stream: Philox4x32-10, key (seed lo, hi), counter (o lo, o hi, 0, 0) ---- */
+/* ------------------------------------------------------------------------------------------ */
+/* DLPack (the stable C ABI of dlpack.h, v0.8 and v1.x capsules)                               */
+/* ------------------------------------------------------------------------------------------ */
+typedef struct { int32_t device_type; int32_t device_id; } DLDevice;
+typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } DLDataType;
+typedef struct {
+    void *data;
+    DLDevice device;
+    int32_t ndim;
+    DLDataType dtype;
+    int64_t *shape;
+    int64_t *strides;
+    uint64_t byte_offset;
+} DLTensor;
+typedef struct DLManagedTensor {
+    DLTensor dl_tensor;
+    void *manager_ctx;
+    void (*deleter)(struct DLManagedTensor *);
+} DLManagedTensor;
+typedef struct { uint32_t major; uint32_t minor; } DLPackVersion;
+typedef struct DLManagedTensorVersioned {
+    DLPackVersion version;
+    void *manager_ctx;
+    void (*deleter)(struct DLManagedTensorVersioned *);
+    uint64_t flags;
+    DLTensor dl_tensor;
+} DLManagedTensorVersioned;
+
+enum { DL_INT = 0, DL_UINT = 1, DL_FLOAT = 2, DL_BFLOAT = 4, DL_BOOL = 6, DL_CPU = 1 };
+enum { T_F16, T_BF16, T_F32, T_F64, T_I32, T_I64, T_OTHER };
+static const char *TYPE_NAMES[] = {"float16", "bfloat16", "float32", "float64", "int32", "int64", "other"};
+#define MAX_DIMS 8
+#define BATCH 2048 /* Philox draws per batch in build */
+
+typedef struct {
+    char *data;
+    int ndim;
+    int type;
+    int esize;
+    int64_t shape[MAX_DIMS];
+    int64_t strides[MAX_DIMS]; /* in elements */
+    int64_t numel;
+} View;
+
+/* Reads a DLPack capsule into a View; fails (with an exception naming ``name``) unless it is an
+   unconsumed capsule of a CPU tensor with at most MAX_DIMS dims and non-negative strides. */
+static int get_view(PyObject *obj, const char *name, View *v) {
+    DLTensor *t = NULL;
+    if (PyCapsule_IsValid(obj, "dltensor")) {
+        t = &((DLManagedTensor *)PyCapsule_GetPointer(obj, "dltensor"))->dl_tensor;
+    } else if (PyCapsule_IsValid(obj, "dltensor_versioned")) {
+        DLManagedTensorVersioned *m = PyCapsule_GetPointer(obj, "dltensor_versioned");
+        if (m->version.major != 1) {
+            PyErr_Format(PyExc_TypeError, "%s: unsupported DLPack version %u", name, m->version.major);
+            return -1;
+        }
+        t = &m->dl_tensor;
+    } else {
+        PyErr_Format(PyExc_TypeError, "%s must be a DLPack capsule of a tensor (torch.utils.dlpack.to_dlpack)", name);
+        return -1;
+    }
+    if (t->device.device_type != DL_CPU) {
+        PyErr_Format(PyExc_ValueError, "%s must be a CPU tensor", name);
+        return -1;
+    }
+    if (t->ndim < 0 || t->ndim > MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "%s has %d dimensions; at most %d are supported", name, (int)t->ndim, MAX_DIMS);
+        return -1;
+    }
+    if (t->dtype.lanes != 1) {
+        PyErr_Format(PyExc_TypeError, "%s must have a scalar dtype", name);
+        return -1;
+    }
+    int type = T_OTHER;
+    if (t->dtype.code == DL_FLOAT && t->dtype.bits == 16) type = T_F16;
+    else if (t->dtype.code == DL_BFLOAT && t->dtype.bits == 16) type = T_BF16;
+    else if (t->dtype.code == DL_FLOAT && t->dtype.bits == 32) type = T_F32;
+    else if (t->dtype.code == DL_FLOAT && t->dtype.bits == 64) type = T_F64;
+    else if (t->dtype.code == DL_INT && t->dtype.bits == 32) type = T_I32;
+    else if (t->dtype.code == DL_INT && t->dtype.bits == 64) type = T_I64;
+    v->type = type;
+    v->esize = t->dtype.bits / 8;
+    v->ndim = t->ndim;
+    v->data = (char *)t->data + t->byte_offset;
+    v->numel = 1;
+    int64_t expected = 1;
+    for (int d = t->ndim - 1; d >= 0; --d) {
+        if (t->shape[d] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s has a negative size", name);
+            return -1;
+        }
+        v->shape[d] = t->shape[d];
+        v->strides[d] = t->strides ? t->strides[d] : expected;
+        if (v->strides[d] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s has a negative stride", name);
+            return -1;
+        }
+        expected *= t->shape[d];
+        v->numel *= t->shape[d];
+    }
+    return 0;
+}
+
+static int check_type(const View *v, const char *name, int type) {
+    if (v->type != type) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s; got %s", name, TYPE_NAMES[type], TYPE_NAMES[v->type]);
+        return -1;
+    }
+    return 0;
+}
+
+static int is_contiguous(const View *v) {
+    int64_t expected = 1;
+    for (int d = v->ndim - 1; d >= 0; --d) {
+        if (v->shape[d] != 1 && v->strides[d] != expected) return 0;
+        expected *= v->shape[d];
+    }
+    return 1;
+}
+
+/* A contiguous tensor of ``type`` with exactly the given shape. */
+static int check_dense(const View *v, const char *name, int type, int ndim, const int64_t *shape) {
+    if (check_type(v, name, type)) return -1;
+    int ok = v->ndim == ndim;
+    for (int d = 0; ok && d < ndim; ++d) ok = v->shape[d] == shape[d];
+    if (!ok) {
+        char want[160] = "(", *p = want + 1;
+        for (int d = 0; d < ndim && p < want + 120; ++d)
+            p += snprintf(p, 24, d ? ", %lld" : "%lld", (long long)shape[d]);
+        snprintf(p, 4, ")");
+        PyErr_Format(PyExc_ValueError, "%s must have shape %s", name, want);
+        return -1;
+    }
+    if (!is_contiguous(v)) {
+        PyErr_Format(PyExc_ValueError, "%s must be contiguous", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* No two elements of v share memory (sufficient test: sorted by stride, each stride exceeds the
+   span of the smaller ones), so writing every element never writes one location twice. */
+static int non_overlapping(const View *v) {
+    int order[MAX_DIMS], n = 0;
+    for (int d = 0; d < v->ndim; ++d)
+        if (v->shape[d] > 1) order[n++] = d;
+    for (int a = 1; a < n; ++a)
+        for (int b = a; b > 0 && v->strides[order[b]] < v->strides[order[b - 1]]; --b) {
+            int t = order[b]; order[b] = order[b - 1]; order[b - 1] = t;
+        }
+    int64_t span = 0;
+    for (int k = 0; k < n; ++k) {
+        if (v->strides[order[k]] <= span) return 0;
+        span += (v->shape[order[k]] - 1) * v->strides[order[k]];
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Threads: torch's OpenMP pool, found at run time                                             */
+/* ------------------------------------------------------------------------------------------ */
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_int_fn)(void);
+static gomp_parallel_fn gomp_parallel = NULL;
+static omp_int_fn omp_thread_num = NULL, omp_num_threads = NULL;
+
+static void find_openmp(void) {
+#if !defined(_WIN32)
+    gomp_parallel = (gomp_parallel_fn)dlsym(RTLD_DEFAULT, "GOMP_parallel");
+    omp_thread_num = (omp_int_fn)dlsym(RTLD_DEFAULT, "omp_get_thread_num");
+    omp_num_threads = (omp_int_fn)dlsym(RTLD_DEFAULT, "omp_get_num_threads");
+    if (!omp_thread_num || !omp_num_threads) gomp_parallel = NULL;
+#endif
+}
+
+/* body(ctx, begin, end, thread) over [0, total), split into contiguous ranges, one per thread. */
+typedef struct {
+    void (*body)(void *, int64_t, int64_t, int);
+    void *ctx;
+    int64_t total;
+} Job;
+
+static void job_entry(void *p) {
+    Job *job = p;
+    int64_t t = omp_thread_num(), T = omp_num_threads();
+    int64_t begin = job->total * t / T, end = job->total * (t + 1) / T;
+    if (begin < end) job->body(job->ctx, begin, end, (int)t);
+}
+
+static void run_job(Job *job, int threads) {
+    if (threads > 1 && gomp_parallel && job->total > 1) {
+        if (threads > job->total) threads = (int)job->total;
+        gomp_parallel(job_entry, job, (unsigned)threads, 0);
+    } else if (job->total > 0) {
+        job->body(job->ctx, 0, job->total, 0);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* SPEC.md's random stream: Philox4x32-10, key (seed lo, hi), counter (o lo, o hi, 0, 0)        */
+/* ------------------------------------------------------------------------------------------ */
 static float philox_uniform(uint64_t seed, uint64_t offset) {
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     uint32_t c0 = (uint32_t)offset, c1 = (uint32_t)(offset >> 32), c2 = 0, c3 = 0;
@@ -39,12 +248,13 @@ static float philox_uniform(uint64_t seed, uint64_t offset) {
         k1 += 0xBB67AE85u;
     }
     int32_t x = (int32_t)c0;
-    if (x < 0) x = -x - 1; /* c0 >= 2**31: 2**32 - 1 - c0, never overflows */
+    if (x < 0) x = -x - 1;                /* c0 >= 2**31: 2**32 - 1 - c0, never overflows */
     return (float)x * 4.6566127342e-10f; /* float32 product, as tl.rand */
 }
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_X86 1
 
 /* hi and lo 32-bit halves of a * b for four uint32 lanes: pmuludq multiplies the even lanes;
    the odd lanes are shifted down first, and the halves are interleaved back. */
@@ -56,278 +266,860 @@ static inline void mulhilo4(__m128i a, __m128i b, __m128i *hi, __m128i *lo) {
     *hi = _mm_or_si128(_mm_srli_epi64(even, 32), _mm_andnot_si128(low, odd));
 }
 
-/* U for four offsets (lo and hi words in lanes), Philox4x32-10 in SSE2. */
-static inline __m128 philox4(uint64_t seed, __m128i c0, __m128i c1) {
+static void philox_sse2(uint64_t seed, const uint64_t *offsets, float *out, int64_t n) {
     const __m128i A = _mm_set1_epi32((int)0xD2511F53u), B = _mm_set1_epi32((int)0xCD9E8D57u);
-    __m128i c2 = _mm_setzero_si128(), c3 = _mm_setzero_si128();
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < 10; ++r) {
-        __m128i hi0, lo0, hi2, lo2;
-        mulhilo4(c0, A, &hi0, &lo0);
-        mulhilo4(c2, B, &hi2, &lo2);
-        c0 = _mm_xor_si128(_mm_xor_si128(hi2, c1), _mm_set1_epi32((int)k0));
-        c2 = _mm_xor_si128(_mm_xor_si128(hi0, c3), _mm_set1_epi32((int)k1));
-        c1 = lo2;
-        c3 = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    __m128i x = _mm_xor_si128(c0, _mm_srai_epi32(c0, 31)); /* x < 0 -> -x - 1 == ~x */
-    return _mm_mul_ps(_mm_cvtepi32_ps(x), _mm_set1_ps(4.6566127342e-10f));
-}
-#endif
-
-/* U for n offsets (SSE2, four at a time, where the compiler targets it). */
-static void philox_uniform_batch(uint64_t seed, const uint64_t *offsets, float *out, int64_t n) {
     int64_t k = 0;
-#if defined(__SSE2__)
     for (; k + 4 <= n; k += 4) {
         __m128i c0 = _mm_set_epi32((int)(uint32_t)offsets[k + 3], (int)(uint32_t)offsets[k + 2],
                                    (int)(uint32_t)offsets[k + 1], (int)(uint32_t)offsets[k]);
         __m128i c1 = _mm_set_epi32((int)(offsets[k + 3] >> 32), (int)(offsets[k + 2] >> 32),
                                    (int)(offsets[k + 1] >> 32), (int)(offsets[k] >> 32));
-        _mm_storeu_ps(out + k, philox4(seed, c0, c1));
+        __m128i c2 = _mm_setzero_si128(), c3 = _mm_setzero_si128();
+        uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        for (int r = 0; r < 10; ++r) {
+            __m128i hi0, lo0, hi2, lo2;
+            mulhilo4(c0, A, &hi0, &lo0);
+            mulhilo4(c2, B, &hi2, &lo2);
+            c0 = _mm_xor_si128(_mm_xor_si128(hi2, c1), _mm_set1_epi32((int)k0));
+            c2 = _mm_xor_si128(_mm_xor_si128(hi0, c3), _mm_set1_epi32((int)k1));
+            c1 = lo2;
+            c3 = lo0;
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        __m128i x = _mm_xor_si128(c0, _mm_srai_epi32(c0, 31)); /* x < 0 -> -x - 1 == ~x */
+        _mm_storeu_ps(out + k, _mm_mul_ps(_mm_cvtepi32_ps(x), _mm_set1_ps(4.6566127342e-10f)));
     }
-#endif
     for (; k < n; ++k) out[k] = philox_uniform(seed, offsets[k]);
 }
 
-/* ---- ranking ---- */
-static double rank_key(double v) {
-    if (isnan(v)) return -INFINITY; /* NaN ranks as -inf */
-    return v + 0.0;                 /* -0.0 + 0.0 == +0.0 */
+__attribute__((target("avx2"))) static inline void mulhilo8(__m256i a, __m256i b, __m256i *hi, __m256i *lo) {
+    const __m256i low = _mm256_set1_epi64x(0xFFFFFFFFll);
+    __m256i even = _mm256_mul_epu32(a, b);
+    __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32));
+    *lo = _mm256_or_si256(_mm256_and_si256(even, low), _mm256_slli_epi64(odd, 32));
+    *hi = _mm256_or_si256(_mm256_srli_epi64(even, 32), _mm256_andnot_si256(low, odd));
 }
 
-/* The k-th largest (0-based) of a[0..n) by quickselect; reorders a. */
-static double kth_largest(double *a, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        double pivot = a[lo + (hi - lo) / 2];
-        int64_t i = lo, j = hi;
-        while (i <= j) { /* descending: bigger first */
-            while (a[i] > pivot) ++i;
-            while (a[j] < pivot) --j;
-            if (i <= j) {
-                double t = a[i]; a[i] = a[j]; a[j] = t;
-                ++i; --j;
-            }
+/* Eight lanes at a time where the CPU has AVX2 (chosen at run time). */
+__attribute__((target("avx2"))) static void philox_avx2(uint64_t seed, const uint64_t *offsets, float *out,
+                                                        int64_t n) {
+    const __m256i A = _mm256_set1_epi32((int)0xD2511F53u), B = _mm256_set1_epi32((int)0xCD9E8D57u);
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        int32_t lo[8], hi[8];
+        for (int l = 0; l < 8; ++l) {
+            lo[l] = (int32_t)(uint32_t)offsets[k + l];
+            hi[l] = (int32_t)(uint32_t)(offsets[k + l] >> 32);
         }
-        if (k <= j) hi = j;
-        else if (k >= i) lo = i;
-        else return a[k];
+        __m256i c0 = _mm256_loadu_si256((const __m256i *)lo), c1 = _mm256_loadu_si256((const __m256i *)hi);
+        __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+        uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        for (int r = 0; r < 10; ++r) {
+            __m256i hi0, lo0, hi2, lo2;
+            mulhilo8(c0, A, &hi0, &lo0);
+            mulhilo8(c2, B, &hi2, &lo2);
+            c0 = _mm256_xor_si256(_mm256_xor_si256(hi2, c1), _mm256_set1_epi32((int)k0));
+            c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)k1));
+            c1 = lo2;
+            c3 = lo0;
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        __m256i x = _mm256_xor_si256(c0, _mm256_srai_epi32(c0, 31));
+        _mm256_storeu_ps(out + k, _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_set1_ps(4.6566127342e-10f)));
     }
-    return a[k];
+    for (; k < n; ++k) out[k] = philox_uniform(seed, offsets[k]);
 }
+#endif
 
-/* Is entry (ka, ia) ranked below entry (kb, ib)? Larger keys first, then lower indices. */
-static int worse(double ka, int64_t ia, double kb, int64_t ib) { return ka < kb || (ka == kb && ia > ib); }
+static int have_avx2 = 0;
 
-static int cmp_index(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* The n top entries of keys[0..L) in one pass, with a heap of the n best so far whose top is the
-   worst of them: entries arrive in index order, so one that only ties the top never displaces it.
-   For n much smaller than L nearly every entry fails a single well-predicted comparison. */
-static void top_n_heap(const double *keys, int64_t L, int64_t n, double *hk, int64_t *hi, int64_t *out) {
-    for (int64_t k = 0; k < L; ++k) {
-        int64_t c;
-        if (k < n) { /* grow: sift the new entry up */
-            c = k;
-            hk[c] = keys[k]; hi[c] = k;
-            while (c > 0 && worse(hk[c], hi[c], hk[(c - 1) / 2], hi[(c - 1) / 2])) {
-                int64_t p = (c - 1) / 2;
-                double tk = hk[c]; hk[c] = hk[p]; hk[p] = tk;
-                int64_t ti = hi[c]; hi[c] = hi[p]; hi[p] = ti;
-                c = p;
-            }
-            continue;
-        }
-        if (!(keys[k] > hk[0])) continue; /* ties with the top lose: their index is larger */
-        hk[0] = keys[k]; hi[0] = k; /* replace the top, sift down */
-        c = 0;
-        for (;;) {
-            int64_t l = 2 * c + 1, r = l + 1, m = c;
-            if (l < n && worse(hk[l], hi[l], hk[m], hi[m])) m = l;
-            if (r < n && worse(hk[r], hi[r], hk[m], hi[m])) m = r;
-            if (m == c) break;
-            double tk = hk[c]; hk[c] = hk[m]; hk[m] = tk;
-            int64_t ti = hi[c]; hi[c] = hi[m]; hi[m] = ti;
-            c = m;
-        }
-    }
-    memcpy(out, hi, sizeof(int64_t) * (size_t)n);
-    qsort(out, (size_t)n, sizeof(int64_t), cmp_index);
-}
-
-/* Indices (ascending) of the n top entries of v[0..L) (1 <= n <= L). ``keys`` and ``scratch``
-   hold L doubles each, ``iscratch`` L indices. Few winners: one heap pass; many: the n-th
-   largest key t by quickselect, then every entry above t and the ties at t in index order. */
-static void top_n(const double *v, int64_t L, int64_t n, double *keys, double *scratch, int64_t *iscratch,
-                  int64_t *out) {
-    for (int64_t k = 0; k < L; ++k) keys[k] = rank_key(v[k]);
-    if (4 * n <= L) {
-        top_n_heap(keys, L, n, scratch, iscratch, out);
+/* U(seed, offsets[k]) for k < n. */
+static void philox_batch(uint64_t seed, const uint64_t *offsets, float *out, int64_t n) {
+#if defined(HAVE_X86)
+    if (have_avx2) {
+        philox_avx2(seed, offsets, out, n);
         return;
     }
-    memcpy(scratch, keys, sizeof(double) * (size_t)L);
-    double t = kth_largest(scratch, L, n - 1);
-    int64_t above = 0;
-    for (int64_t k = 0; k < L; ++k) above += keys[k] > t;
-    int64_t ties = n - above, taken = 0;
-    for (int64_t k = 0; k < L && taken < n; ++k) {
-        if (keys[k] > t) {
-            out[taken++] = k;
-        } else if (keys[k] == t && ties > 0) {
-            --ties;
-            out[taken++] = k;
+    philox_sse2(seed, offsets, out, n);
+#else
+    for (int64_t k = 0; k < n; ++k) out[k] = philox_uniform(seed, offsets[k]);
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ranking (SPEC.md steps 1-2): larger first, NaN as -inf, -0.0 == +0.0, ties to lower index    */
+/* ------------------------------------------------------------------------------------------ */
+static double rank_key(double v) {
+    if (v != v) return -INFINITY; /* NaN ranks as -inf */
+    return v + 0.0;               /* -0.0 + 0.0 == +0.0 */
+}
+
+static double read_float(const char *base, int type, int64_t k) {
+    switch (type) {
+    case T_F16: {
+        uint16_t h;
+        memcpy(&h, base + 2 * k, 2);
+        uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
+        if (exp == 0x1F) bits = sign | 0x7F800000u | (mant << 13);
+        else if (exp) bits = sign | ((exp + 112) << 23) | (mant << 13);
+        else {
+            float f = (float)mant * 5.9604644775390625e-8f; /* subnormal: mant * 2**-24, exact */
+            return sign ? -(double)f : (double)f;
+        }
+        float f;
+        memcpy(&f, &bits, 4);
+        return f;
+    }
+    case T_BF16: {
+        uint16_t h;
+        memcpy(&h, base + 2 * k, 2);
+        uint32_t bits = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &bits, 4);
+        return f;
+    }
+    case T_F32: {
+        float f;
+        memcpy(&f, base + 4 * k, 4);
+        return f;
+    }
+    default: {
+        double d;
+        memcpy(&d, base + 8 * k, 8);
+        return d;
+    }
+    }
+}
+
+/* key[k] = rank_key(row[k]) for k < n: the dtype switch once per row, not per element. */
+static void row_keys(const char *base, int type, int64_t start, int64_t n, double *key) {
+    switch (type) {
+    case T_F32: {
+        const float *v = (const float *)base + start;
+        for (int64_t k = 0; k < n; ++k) {
+            double d = v[k];
+            key[k] = d != d ? -INFINITY : d + 0.0;
+        }
+        break;
+    }
+    case T_F64: {
+        const double *v = (const double *)base + start;
+        for (int64_t k = 0; k < n; ++k) key[k] = v[k] != v[k] ? -INFINITY : v[k] + 0.0;
+        break;
+    }
+    default:
+        for (int64_t k = 0; k < n; ++k) key[k] = rank_key(read_float(base, type, start + k));
+    }
+}
+
+/* heap[a] ranks above heap[b]: a larger key, or an equal key at a lower index. */
+#define BETTER(ka, ia, kb, ib) ((ka) > (kb) || ((ka) == (kb) && (ia) < (ib)))
+
+/* Sift heap[c] down. keep_best: the top is the worst kept entry (a min-heap in rank order);
+   otherwise the top is the best entry (a max-heap). Counts comparisons in *cmp. */
+static void sift_down(int64_t *heap, int64_t size, int64_t c, const double *key, int keep_best, uint64_t *cmp) {
+    for (;;) {
+        int64_t l = 2 * c + 1, r = l + 1, m = c;
+        if (keep_best) {
+            if (l < size && (++*cmp, BETTER(key[heap[m]], heap[m], key[heap[l]], heap[l]))) m = l;
+            if (r < size && (++*cmp, BETTER(key[heap[m]], heap[m], key[heap[r]], heap[r]))) m = r;
+        } else {
+            if (l < size && (++*cmp, BETTER(key[heap[l]], heap[l], key[heap[m]], heap[m]))) m = l;
+            if (r < size && (++*cmp, BETTER(key[heap[r]], heap[r], key[heap[m]], heap[m]))) m = r;
+        }
+        if (m == c) return;
+        int64_t t = heap[c]; heap[c] = heap[m]; heap[m] = t;
+        c = m;
+    }
+}
+
+/* Marks (1 = selected) the n top entries of key[0..L) (1 <= n <= L). O(L log k) comparisons in
+   the worst case, k = min(n, L - n): a heap of the k best (or of the L - n worst, whose
+   complement is the answer), fed in index order so that a tie never displaces an earlier
+   entry. No input makes it quadratic. ``heap`` holds L indices. */
+static void top_n(const double *key, int64_t L, int64_t n, int64_t *heap, uint8_t *mark, uint64_t *cmp) {
+    if (n >= L) {
+        memset(mark, 1, (size_t)L);
+        return;
+    }
+    const int keep_best = n <= L - n;
+    const int64_t size = keep_best ? n : L - n;
+    /* Build the heap on the first `size` entries (Floyd), then stream the rest. */
+    for (int64_t k = 0; k < size; ++k) heap[k] = k;
+    for (int64_t c = size / 2 - 1; c >= 0; --c) sift_down(heap, size, c, key, keep_best, cmp);
+    for (int64_t k = size; k < L; ++k) {
+        ++*cmp;
+        /* k is after every heap entry in index order, so ties go against it. */
+        int enter = keep_best ? key[k] > key[heap[0]] : key[k] <= key[heap[0]];
+        if (enter) {
+            heap[0] = k;
+            sift_down(heap, size, 0, key, keep_best, cmp);
         }
     }
+    memset(mark, keep_best ? 0 : 1, (size_t)L);
+    for (int64_t k = 0; k < size; ++k) mark[heap[k]] = (uint8_t)keep_best;
 }
 
-/* Flat offsets (du*W + dv) of the elements one seed drops (SPEC.md step 3); returns the count. */
-static int64_t block_offsets(int diamond, int64_t rh, int64_t rw, int64_t rho, int64_t W, int64_t *out) {
-    int64_t n = 0;
+/* ------------------------------------------------------------------------------------------ */
+/* Geometry (SPEC.md step 3), derived here from the map's shape, not taken from the caller      */
+/* ------------------------------------------------------------------------------------------ */
+typedef struct {
+    int64_t S[3];       /* spatial dims, leading ones for 1-D/2-D maps: (D, H, W) */
+    int64_t P;          /* pixels per plane */
+    int64_t lo[3], hi[3]; /* valid centres: lo[k] <= u[k] < hi[k] */
+    int64_t area;       /* A */
+    int64_t valid;      /* |V| */
+    int64_t nruns;      /* the block as runs along the last axis: start offset and length */
+    int64_t *run_delta, *run_len;
+} Geometry;
+
+/* rank = number of real spatial axes (the last `rank` of the three). Returns -1 on no memory. */
+static int make_geometry(Geometry *g, const int64_t *S, int rank, int64_t block_size, int diamond) {
+    int64_t up[3] = {0, 0, 0}, down[3] = {0, 0, 0}, rho = 0;
+    for (int k = 0; k < 3; ++k) g->S[k] = S[k];
+    g->P = S[0] * S[1] * S[2];
     if (diamond) {
-        for (int64_t du = -rho; du <= rho; ++du)
-            for (int64_t dv = -rho; dv <= rho; ++dv)
-                if (llabs(du) + llabs(dv) <= rho) out[n++] = du * W + dv;
+        int64_t side = INT64_MAX;
+        for (int k = 3 - rank; k < 3; ++k) side = S[k] < side ? S[k] : side;
+        rho = (block_size < side ? block_size : side) / 2;
+        if (2 * rho + 1 > side) rho = side >= 1 ? (side - 1) / 2 : 0;
+        for (int k = 3 - rank; k < 3; ++k) up[k] = down[k] = rho;
     } else {
-        for (int64_t du = -(rh / 2); du <= (rh - 1) / 2; ++du)
-            for (int64_t dv = -(rw / 2); dv <= (rw - 1) / 2; ++dv) out[n++] = du * W + dv;
+        for (int k = 3 - rank; k < 3; ++k) {
+            int64_t r = block_size < S[k] ? block_size : S[k];
+            if (r < 1) r = 1;
+            up[k] = r / 2;       /* a seed at u covers u - r//2 .. u + (r-1)//2 */
+            down[k] = (r - 1) / 2;
+        }
     }
-    return n;
+    g->valid = 1;
+    for (int k = 0; k < 3; ++k) {
+        g->lo[k] = up[k];
+        g->hi[k] = S[k] - down[k];
+        g->valid *= g->hi[k] > g->lo[k] ? g->hi[k] - g->lo[k] : 0;
+    }
+    /* Runs: one per (d, h) offset of the block, along w. */
+    int64_t rows = (up[0] + down[0] + 1) * (up[1] + down[1] + 1);
+    g->run_delta = malloc(sizeof(int64_t) * (size_t)rows);
+    g->run_len = malloc(sizeof(int64_t) * (size_t)rows);
+    if (!g->run_delta || !g->run_len) {
+        free(g->run_delta);
+        free(g->run_len);
+        return -1;
+    }
+    g->nruns = 0;
+    g->area = 0;
+    for (int64_t dd = -up[0]; dd <= down[0]; ++dd)
+        for (int64_t dh = -up[1]; dh <= down[1]; ++dh) {
+            int64_t left, len;
+            if (diamond) {
+                int64_t half = rho - llabs(dd) - llabs(dh);
+                if (half < 0) continue;
+                left = half;
+                len = 2 * half + 1;
+            } else {
+                left = up[2];
+                len = up[2] + down[2] + 1;
+            }
+            g->run_delta[g->nruns] = (dd * S[1] + dh) * S[2] - left;
+            g->run_len[g->nruns] = len;
+            g->nruns++;
+            g->area += len;
+        }
+    return 0;
 }
 
-static PyObject *build_mask(PyObject *self, PyObject *args) {
-    unsigned long long cam_a, alpha_a, chan_a, dropped_a, counts_a, scale_a, seed;
-    long long N, C, H, W, n_pix, n_chan, row_lo, row_hi, col_lo, col_hi, diamond, rh, rw, rho, eligible,
-        den_factor, normalize;
-    double gamma_const, gamma_num;
-    if (!PyArg_ParseTuple(args, "KKLLLLLLLLLLLLLLLddLLKKKKK", &cam_a, &alpha_a, &N, &C, &H, &W, &n_pix, &n_chan,
-                          &row_lo, &row_hi, &col_lo, &col_hi, &diamond, &rh, &rw, &rho, &eligible, &gamma_const,
-                          &gamma_num, &den_factor, &normalize, &seed, &chan_a, &dropped_a, &counts_a, &scale_a))
+static void free_geometry(Geometry *g) {
+    free(g->run_delta);
+    free(g->run_len);
+}
+
+/* Sets bits [start, start + len) of a plane's words. */
+static inline void set_run(uint32_t *w, int64_t start, int64_t len) {
+    int64_t end = start + len - 1; /* inclusive */
+    int64_t ws = start >> 5, we = end >> 5;
+    uint32_t first = 0xFFFFFFFFu << (start & 31), last = 0xFFFFFFFFu >> (31 - (end & 31));
+    if (ws == we) {
+        w[ws] |= first & last;
+        return;
+    }
+    w[ws] |= first;
+    for (int64_t k = ws + 1; k < we; ++k) w[k] = 0xFFFFFFFFu;
+    w[we] |= last;
+}
+
+/* Set bits of a word (SWAR: no dependence on the compiler targeting POPCNT). */
+static inline int popcount32(uint32_t x) {
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0F0F0F0Fu;
+    return (int)((x * 0x01010101u) >> 24);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* build                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+typedef struct {
+    const Geometry *g;
+    const char *cam, *alpha;
+    int cam_type, alpha_type;
+    int64_t N, C, n_pix, n_chan, words;
+    int eligible;
+    double p_gs;       /* drop_prob * gamma_scale */
+    uint64_t seed;
+    int32_t *slots, *bits;
+    int64_t *dropped;
+    float *rate;
+    char *scratch;     /* per thread */
+    size_t scratch_bytes;
+    uint64_t cmp;      /* comparisons (thread 0 only; for the tests) */
+} BuildCtx;
+
+static void build_body(void *p, int64_t begin, int64_t end, int tid) {
+    BuildCtx *b = p;
+    const Geometry *g = b->g;
+    const int64_t C = b->C, P = g->P, longest = P > C ? P : C;
+    char *s = b->scratch + (size_t)tid * b->scratch_bytes;
+    double *key = (double *)s;
+    int64_t *heap = (int64_t *)(key + longest);
+    int64_t *elig = heap + longest;
+    uint64_t *offs = (uint64_t *)(elig + P);
+    float *u = (float *)(offs + BATCH);
+    uint8_t *mark = (uint8_t *)(u + BATCH);
+    uint64_t cmp = 0;
+    for (int64_t i = begin; i < end; ++i) {
+        /* Step 2: the top channels, numbered in ascending channel order. */
+        row_keys(b->alpha, b->alpha_type, i * C, C, key);
+        top_n(key, C, b->n_chan, heap, mark, &cmp);
+        int32_t *slot = b->slots + i * C;
+        int64_t j = 0;
+        for (int64_t c = 0; c < C; ++c) slot[c] = mark[c] ? (int32_t)j++ : -1;
+        /* Step 1 and 3: the top pixels that are valid centres (S_i ∩ V), ascending. */
+        row_keys(b->cam, b->cam_type, i * P, P, key);
+        top_n(key, P, b->n_pix, heap, mark, &cmp);
+        int64_t m = 0;
+        for (int64_t q = 0; q < P; ++q) {
+            if (!mark[q]) continue;
+            int64_t w = q % g->S[2], h = (q / g->S[2]) % g->S[1], d = q / (g->S[2] * g->S[1]);
+            if (d >= g->lo[0] && d < g->hi[0] && h >= g->lo[1] && h < g->hi[1] && w >= g->lo[2] && w < g->hi[2])
+                elig[m++] = q;
+        }
+        /* Step 4: the seed rate, float64 left to right, clamped, rounded to float32. */
+        double rate;
+        if (b->eligible) { /* (the integer products are exact in double below 2**53, like the ints of SPEC.md) */
+            rate = m ? b->p_gs * (double)(C * P) / ((double)g->area * (double)b->n_chan * (double)m) : 0.0;
+        } else {
+            rate = g->valid ? b->p_gs * (double)P / ((double)g->area * (double)g->valid) : 0.0;
+        }
+        float gamma = (float)(rate > 0.0 ? (rate < 1.0 ? rate : 1.0) : 0.0); /* NaN -> 0 */
+        b->rate[i] = gamma;
+        /* Steps 5-6: seeds at (top channel, eligible pixel), blocks stamped as runs of bits. */
+        int64_t count = 0;
+        uint32_t *planes = (uint32_t *)b->bits + i * b->n_chan * b->words;
+        memset(planes, 0, sizeof(uint32_t) * (size_t)(b->n_chan * b->words));
+        if (gamma >= 1.0f) {
+            /* U < 1 always (its largest value is 1 - 2**-24): every eligible seed fires, and every
+               top channel's plane is the same. Stamp one, copy it. */
+            uint32_t *plane = planes;
+            for (int64_t k = 0; k < m; ++k)
+                for (int64_t r = 0; r < g->nruns; ++r) /* valid centres: every run lies in the plane */
+                    set_run(plane, elig[k] + g->run_delta[r], g->run_len[r]);
+            int64_t plane_count = 0;
+            for (int64_t w = 0; w < b->words; ++w) plane_count += popcount32(plane[w]);
+            for (int64_t j = 1; j < b->n_chan; ++j)
+                memcpy(planes + j * b->words, plane, sizeof(uint32_t) * (size_t)b->words);
+            count = plane_count * b->n_chan;
+        } else if (gamma > 0.0f && m > 0) {
+            /* U at every (top channel, eligible pixel), BATCH draws at a time across planes. */
+            int64_t pending = 0;
+            int64_t c_of[BATCH / 1 + 1];
+            for (int64_t c = 0; c <= C; ++c) {
+                int flush = c == C || (slot[c] >= 0 && pending + m > BATCH);
+                if (flush && pending) {
+                    philox_batch(b->seed, offs, u, pending);
+                    for (int64_t e0 = 0, t = 0; e0 < pending; e0 += m, ++t) {
+                        uint32_t *plane = planes + slot[c_of[t]] * b->words;
+                        for (int64_t k = 0; k < m; ++k)
+                            if (u[e0 + k] < gamma)
+                                for (int64_t r = 0; r < g->nruns; ++r)
+                                    set_run(plane, elig[k] + g->run_delta[r], g->run_len[r]);
+                    }
+                    pending = 0;
+                }
+                if (c == C || slot[c] < 0) continue;
+                uint64_t base = (uint64_t)((i * C + c) * P); /* logical index o of (i, c, pixel 0) */
+                for (int64_t k0 = 0; k0 < m; k0 += BATCH) { /* (a plane with more than BATCH eligible pixels) */
+                    int64_t k1 = k0 + BATCH < m ? k0 + BATCH : m;
+                    if (m <= BATCH) {
+                        c_of[pending / m] = c;
+                        for (int64_t k = 0; k < m; ++k) offs[pending + k] = base + (uint64_t)elig[k];
+                        pending += m;
+                        break;
+                    }
+                    for (int64_t k = k0; k < k1; ++k) offs[k - k0] = base + (uint64_t)elig[k];
+                    philox_batch(b->seed, offs, u, k1 - k0);
+                    uint32_t *plane = planes + slot[c] * b->words;
+                    for (int64_t k = k0; k < k1; ++k)
+                        if (u[k - k0] < gamma)
+                            for (int64_t r = 0; r < g->nruns; ++r)
+                                set_run(plane, elig[k] + g->run_delta[r], g->run_len[r]);
+                }
+            }
+            for (int64_t w = 0; w < b->n_chan * b->words; ++w) count += popcount32(planes[w]);
+        }
+        b->dropped[i] = count;
+    }
+    if (tid == 0) b->cmp = cmp;
+}
+
+static double read_scalar_f64(const View *v) {
+    double d;
+    memcpy(&d, v->data, 8);
+    return d;
+}
+
+static PyObject *py_build(PyObject *self, PyObject *args) {
+    PyObject *o_cam, *o_alpha, *o_seed, *o_p, *o_slots, *o_bits, *o_scale, *o_dropped, *o_rate;
+    long long block_size, diamond, n_pix, n_chan, eligible, normalize, threads;
+    double gamma_scale;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOLLLLLdLL", &o_cam, &o_alpha, &o_seed, &o_p, &o_slots, &o_bits, &o_scale,
+                          &o_dropped, &o_rate, &block_size, &diamond, &n_pix, &n_chan, &eligible, &gamma_scale,
+                          &normalize, &threads))
         return NULL;
-    const double *cam = (const double *)(uintptr_t)cam_a, *alpha = (const double *)(uintptr_t)alpha_a;
-    int64_t *chan = (int64_t *)(uintptr_t)chan_a, *counts = (int64_t *)(uintptr_t)counts_a;
-    uint8_t *dropped = (uint8_t *)(uintptr_t)dropped_a;
-    double *scale = (double *)(uintptr_t)scale_a;
-    const int64_t HW = H * W, longest = HW > C ? HW : C;
-    double *scratch = malloc(sizeof(double) * 2 * longest);
-    int64_t *iscratch = malloc(sizeof(int64_t) * longest);
-    int64_t *pix = malloc(sizeof(int64_t) * n_pix);
-    uint64_t *where = malloc(sizeof(uint64_t) * n_pix);
-    float *u = malloc(sizeof(float) * n_pix);
-    int64_t *offs = malloc(sizeof(int64_t) * (rh * rw > (2 * rho + 1) * (2 * rho + 1) ? rh * rw : (2 * rho + 1) * (2 * rho + 1)));
-    if (!scratch || !iscratch || !pix || !where || !u || !offs) {
-        free(scratch); free(iscratch); free(pix); free(where); free(u); free(offs);
+    View cam, alpha, seed, pv, slots, bits, scale, dropped, rate;
+    if (get_view(o_cam, "cam", &cam) || get_view(o_alpha, "alpha", &alpha) || get_view(o_seed, "seed", &seed) ||
+        get_view(o_p, "drop_prob", &pv) || get_view(o_slots, "slots", &slots) || get_view(o_bits, "bits", &bits) ||
+        get_view(o_scale, "scale", &scale) || get_view(o_dropped, "dropped", &dropped) ||
+        get_view(o_rate, "rate", &rate))
+        return NULL;
+    if (cam.ndim < 2 || cam.ndim > 4) return PyErr_Format(PyExc_ValueError, "cam must be (N, *S) with 1 to 3 spatial dims");
+    if (cam.type > T_F64 || alpha.type > T_F64)
+        return PyErr_Format(PyExc_TypeError, "cam and alpha must be float16, bfloat16, float32 or float64");
+    const int rank = cam.ndim - 1;
+    const int64_t N = cam.shape[0];
+    int64_t S[3] = {1, 1, 1};
+    for (int k = 0; k < rank; ++k) S[3 - rank + k] = cam.shape[1 + k];
+    const int64_t P = S[0] * S[1] * S[2];
+    if (!is_contiguous(&cam)) return PyErr_Format(PyExc_ValueError, "cam must be contiguous");
+    if (alpha.ndim != 2 || alpha.shape[0] != N) return PyErr_Format(PyExc_ValueError, "alpha must be (N, C) with cam's N");
+    if (!is_contiguous(&alpha)) return PyErr_Format(PyExc_ValueError, "alpha must be contiguous");
+    const int64_t C = alpha.shape[1];
+    if (check_type(&seed, "seed", T_I64) || check_type(&pv, "drop_prob", T_F64)) return NULL;
+    if (seed.numel != 1 || pv.numel != 1) return PyErr_Format(PyExc_ValueError, "seed and drop_prob must hold one value each");
+    int64_t seed_value;
+    memcpy(&seed_value, seed.data, 8);
+    if (seed_value < 0) return PyErr_Format(PyExc_ValueError, "seed must be in [0, 2**63)");
+    const double p = read_scalar_f64(&pv);
+    if (!(p >= 0.0 && p <= 1.0)) return PyErr_Format(PyExc_ValueError, "drop_prob must be in [0, 1]");
+    if (block_size < 1) return PyErr_Format(PyExc_ValueError, "block_size must be >= 1");
+    if (diamond != 0 && diamond != 1) return PyErr_Format(PyExc_ValueError, "diamond must be 0 or 1");
+    if (eligible != 0 && eligible != 1) return PyErr_Format(PyExc_ValueError, "eligible must be 0 or 1");
+    if (normalize < 0 || normalize > 2) return PyErr_Format(PyExc_ValueError, "normalize must be 0, 1 or 2");
+    if (!(gamma_scale >= 0.0 && gamma_scale <= 1e300)) return PyErr_Format(PyExc_ValueError, "gamma_scale must be finite and >= 0");
+    if (threads < 1 || threads > 4096) return PyErr_Format(PyExc_ValueError, "threads must be in [1, 4096]");
+    const int64_t max_pix = P > 0 ? P : 1, max_chan = C > 0 ? C : 1;
+    if (n_pix < 1 || n_pix > max_pix) return PyErr_Format(PyExc_ValueError, "top_pixels must be in [1, %lld]", (long long)max_pix);
+    if (n_chan < 1 || n_chan > max_chan) return PyErr_Format(PyExc_ValueError, "top_channels must be in [1, %lld]", (long long)max_chan);
+    const int64_t words = (P + 31) / 32;
+    const int64_t s2[2] = {N, C}, s3[3] = {N, n_chan, words}, s1[1] = {N};
+    if (check_dense(&slots, "slots", T_I32, 2, s2) || check_dense(&bits, "bits", T_I32, 3, s3) ||
+        check_dense(&dropped, "dropped", T_I64, 1, s1) || check_dense(&rate, "rate", T_F32, 1, s1))
+        return NULL;
+    if (scale.type != T_F32 && scale.type != T_F64) return PyErr_Format(PyExc_TypeError, "scale must be float32 or float64");
+    if (check_dense(&scale, "scale", scale.type, 1, s1)) return NULL;
+    /* Products below stay exact in int64 and double: refuse maps beyond that. */
+    if (P > ((int64_t)1 << 40) || C > ((int64_t)1 << 30) || (P > 0 && C > (((int64_t)1 << 52) / P)))
+        return PyErr_Format(PyExc_ValueError, "the tensor is too large for the CPU kernels");
+
+    Geometry g;
+    if (make_geometry(&g, S, rank, block_size, (int)diamond)) return PyErr_NoMemory();
+    const int64_t longest = P > C ? P : C;
+    BuildCtx b = {&g, cam.data, alpha.data, cam.type, alpha.type, N, C, n_pix, n_chan, words, (int)eligible,
+                  p * gamma_scale, (uint64_t)seed_value, (int32_t *)slots.data, (int32_t *)bits.data,
+                  (int64_t *)dropped.data, (float *)rate.data, NULL, 0, 0};
+    /* key (double) + heap (int64) + mark per entry of the longest row; the eligible list; a batch of offsets and U. */
+    b.scratch_bytes = (size_t)longest * 16 + (size_t)P * 8 + (size_t)BATCH * 12 + (size_t)longest + 64;
+    b.scratch_bytes = (b.scratch_bytes + 63) & ~(size_t)63;
+    int T = (int)threads;
+    if (T > N) T = N > 0 ? (int)N : 1;
+    if ((double)N * (double)(P + C) < 8192.0) T = 1; /* not worth waking the pool */
+    b.scratch = malloc(b.scratch_bytes * (size_t)T);
+    if (!b.scratch) {
+        free_geometry(&g);
         return PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS
-    const int64_t n_offs = block_offsets((int)diamond, rh, rw, rho, W, offs);
+    Job job = {build_body, &b, N};
+    run_job(&job, T);
+    /* Step 7: float64 quotient, rounded once to the scale's dtype; kept = 0 gives 0. */
     int64_t total = 0;
+    for (int64_t i = 0; i < N; ++i) total += b.dropped[i];
     for (int64_t i = 0; i < N; ++i) {
-        top_n(alpha + i * C, C, n_chan, scratch, scratch + longest, iscratch, chan + i * n_chan);
-        top_n(cam + i * HW, HW, n_pix, scratch, scratch + longest, iscratch, pix);
-        int64_t m = 0; /* keep the top pixels that are valid centres (S ∩ V), in order */
-        for (int64_t k = 0; k < n_pix; ++k) {
-            int64_t r = pix[k] / W, c = pix[k] % W;
-            if (r >= row_lo && r < row_hi && c >= col_lo && c < col_hi) pix[m++] = pix[k];
+        double sc = 1.0;
+        if (normalize != 2) {
+            double numel = (double)(normalize == 0 ? N * C * P : C * P);
+            double kept = numel - (double)(normalize == 0 ? total : b.dropped[i]);
+            sc = kept == 0.0 ? 0.0 : numel / kept;
         }
-        float gamma = (float)gamma_const;
-        if (eligible) { /* float64 left to right, clamped, then rounded to float32 */
-            double g = m ? gamma_num / (double)(den_factor * m) : 0.0;
-            gamma = (float)(g < 0.0 ? 0.0 : (g > 1.0 ? 1.0 : g));
-        }
-        int64_t count = 0;
-        for (int64_t j = 0; j < n_chan; ++j) {
-            uint64_t base = (uint64_t)((i * C + chan[i * n_chan + j]) * HW); /* logical NCHW index */
-            uint8_t *plane = dropped + (i * n_chan + j) * HW;
-            for (int64_t k = 0; k < m; ++k) where[k] = base + (uint64_t)pix[k];
-            philox_uniform_batch(seed, where, u, m);
-            for (int64_t k = 0; k < m; ++k) {
-                if (!(u[k] < gamma)) continue;
-                for (int64_t d = 0; d < n_offs; ++d) { /* valid centres: the block stays inside */
-                    uint8_t *b = plane + pix[k] + offs[d];
-                    count += !*b;
-                    *b = 1;
-                }
-            }
-        }
-        counts[i] = count;
-        total += count;
+        if (scale.type == T_F32) ((float *)scale.data)[i] = (float)sc;
+        else ((double *)scale.data)[i] = sc;
     }
-    /* SPEC.md step 7: float64 quotient (rounded to the compute dtype by the caller); kept 0 gives 0. */
-    for (int64_t i = 0; i < N; ++i) {
-        if (normalize == 2) {
-            scale[i] = 1.0;
+    Py_END_ALLOW_THREADS
+    free(b.scratch);
+    free_geometry(&g);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* apply                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+/* float32 -> bfloat16 / float16, round to nearest even (as torch and the GPU convert). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
+}
+
+static inline uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = x & 0x80000000u;
+    uint32_t o;
+    x ^= sign;
+    if (x >= (143u << 23)) {              /* >= 2**16 (or inf, NaN): inf, or a quiet NaN */
+        o = x > (255u << 23) ? 0x7E00 : 0x7C00;
+    } else if (x < (113u << 23)) {        /* below 2**-14: a subnormal half or zero */
+        const uint32_t magic_bits = ((127 - 15) + (23 - 10) + 1) << 23; /* 0.5: aligns the last bit to 2**-24 */
+        float fx, magic;
+        memcpy(&fx, &x, 4);
+        memcpy(&magic, &magic_bits, 4);
+        fx += magic;                      /* the FPU rounds to nearest even here */
+        uint32_t r;
+        memcpy(&r, &fx, 4);
+        o = r - magic_bits;
+    } else {                              /* normal: rebias, round half to even on bit 13 */
+        uint32_t odd = (x >> 13) & 1;
+        x += ((uint32_t)(15 - 127) << 23) + 0xFFF + odd;
+        o = x >> 13;                      /* a carry into the exponent gives inf correctly */
+    }
+    return (uint16_t)(o | (sign >> 16));
+}
+
+static inline float f16_to_f32(uint16_t h) { return (float)read_float((const char *)&h, T_F16, 0); }
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* y[k*sy] = x[k*sx] * s for k < n, one rounding to the dtype (float32 math below float64). */
+static void scale_run(int type, const char *x, int64_t sx, char *y, int64_t sy, int64_t n, double s64, float s32) {
+    switch (type) {
+    case T_F32: {
+        const float *restrict xs = (const float *)x;
+        float *restrict ys = (float *)y;
+        if (sx == 1 && sy == 1)
+            for (int64_t k = 0; k < n; ++k) ys[k] = xs[k] * s32;
+        else
+            for (int64_t k = 0; k < n; ++k) ys[k * sy] = xs[k * sx] * s32;
+        break;
+    }
+    case T_F64: {
+        const double *restrict xs = (const double *)x;
+        double *restrict ys = (double *)y;
+        if (sx == 1 && sy == 1)
+            for (int64_t k = 0; k < n; ++k) ys[k] = xs[k] * s64;
+        else
+            for (int64_t k = 0; k < n; ++k) ys[k * sy] = xs[k * sx] * s64;
+        break;
+    }
+    case T_BF16: {
+        const uint16_t *restrict xs = (const uint16_t *)x;
+        uint16_t *restrict ys = (uint16_t *)y;
+        for (int64_t k = 0; k < n; ++k) ys[k * sy] = f32_to_bf16(bf16_to_f32(xs[k * sx]) * s32);
+        break;
+    }
+    default: {
+        const uint16_t *restrict xs = (const uint16_t *)x;
+        uint16_t *restrict ys = (uint16_t *)y;
+        for (int64_t k = 0; k < n; ++k) ys[k * sy] = f32_to_f16(f16_to_f32(xs[k * sx]) * s32);
+        break;
+    }
+    }
+}
+
+typedef struct {
+    View x, y;
+    const int32_t *slots;
+    const uint32_t *bits;
+    const int32_t *chan;  /* (N, n'): the channel of each slot, -1 if none */
+    const char *scale;
+    int scale_f64;
+    int64_t N, C, n_chan, words, S[3], P;
+    int64_t sx[5], sy[5]; /* strides of (n, c, d, h, w) in elements (0 for missing axes) */
+    int flat;             /* every plane of x and y has pixel q at q * (w stride) */
+} ApplyCtx;
+
+static inline void sample_scale(const ApplyCtx *a, int64_t i, double *s64, float *s32) {
+    if (a->scale_f64) {
+        *s64 = ((const double *)a->scale)[i];
+        *s32 = (float)*s64;
+    } else {
+        *s32 = ((const float *)a->scale)[i];
+        *s64 = *s32;
+    }
+}
+
+/* Zeroes the dropped elements of one row: bits [f0, f0 + n) of ``plane``, element k at y + k*sy. */
+static void zero_row(const uint32_t *plane, int64_t f0, int64_t n, char *y, int64_t sy, int esize) {
+    int64_t b = f0, end = f0 + n;
+    while (b < end) {
+        uint32_t word = plane[b >> 5] >> (b & 31);
+        if (!word) {
+            b = ((b >> 5) + 1) << 5;
+            continue;
+        }
+        b += __builtin_ctz(word);
+        if (b >= end) break;
+        int64_t start = b;
+        for (;;) { /* extend the run of ones (bits past the word's end read as ones, then stop) */
+            uint32_t rest = ~(plane[b >> 5] >> (b & 31));
+            if (rest == 0) {
+                b = ((b >> 5) + 1) << 5;
+                if (b >= end) break;
+                continue;
+            }
+            b += __builtin_ctz(rest);
+            break;
+        }
+        int64_t stop = b < end ? b : end;
+        if (sy == 1) {
+            memset(y + (start - f0) * esize, 0, (size_t)((stop - start) * esize)); /* +0.0 in every float type */
         } else {
-            double numel = (double)(normalize == 0 ? N * C * HW : C * HW);
-            double kept = numel - (double)(normalize == 0 ? total : counts[i]);
-            scale[i] = kept == 0.0 ? 0.0 : numel / kept;
+            for (int64_t k = start; k < stop; ++k) memset(y + (k - f0) * sy * esize, 0, (size_t)esize);
         }
     }
-    Py_END_ALLOW_THREADS
-    free(scratch);
-    free(iscratch);
-    free(pix);
-    free(where);
-    free(u);
-    free(offs);
-    Py_RETURN_NONE;
 }
 
-static PyObject *zero_dropped(PyObject *self, PyObject *args) {
-    unsigned long long y_a, chan_a, dropped_a;
-    long long esize, sN, sC, sH, sW, N, n_chan, H, W;
-    if (!PyArg_ParseTuple(args, "KLLLLLKKLLLL", &y_a, &esize, &sN, &sC, &sH, &sW, &chan_a, &dropped_a, &N,
-                          &n_chan, &H, &W))
-        return NULL;
-    char *y = (char *)(uintptr_t)y_a;
-    const int64_t *chan = (const int64_t *)(uintptr_t)chan_a;
-    const uint8_t *dropped = (const uint8_t *)(uintptr_t)dropped_a;
-    Py_BEGIN_ALLOW_THREADS
-    const int64_t HW = H * W;
-    for (int64_t i = 0; i < N; ++i) {
-        for (int64_t j = 0; j < n_chan; ++j) {
-            const uint8_t *plane = dropped + (i * n_chan + j) * HW;
-            char *base = y + (i * sN + chan[i * n_chan + j] * sC) * esize;
-            for (int64_t q = 0; q < HW; q += 64) { /* most of the mask is zero: skip 64 bytes at a time */
-                uint64_t any = 0;
-                if (q + 64 <= HW) {
-                    uint64_t words[8];
-                    memcpy(words, plane + q, 64); /* fixed size: plain loads */
-                    for (int b = 0; b < 8; ++b) any |= words[b];
-                } else {
-                    for (int64_t e = q; e < HW; ++e) any |= plane[e];
-                }
-                if (!any) continue;
-                for (int64_t e = q; e < q + 64 && e < HW; ++e) {
-                    if (plane[e]) memset(base + ((e / W) * sH + (e % W) * sW) * esize, 0, (size_t)esize);
+/* Plane-major order. A work item is a segment of a plane laid out flat in x and y (pixel q at
+   q * w-stride): the whole plane when it is (contiguous NCHW, the common case), else one row
+   (i, c, d, h) of W pixels. Multiply the segment, then zero the runs its mask bits hold. */
+static void apply_segments(void *p, int64_t begin, int64_t end, int tid) {
+    (void)tid;
+    const ApplyCtx *a = p;
+    const int64_t D = a->S[0], H = a->S[1], W = a->S[2];
+    const int es = a->x.esize;
+    const int64_t seg_len = a->flat ? a->P : W, segs = a->flat ? 1 : D * H;
+    for (int64_t r = begin; r < end; ++r) {
+        int64_t seg = r % segs, c = (r / segs) % a->C, i = r / (segs * a->C);
+        int64_t h = seg % H, d = seg / H; /* (0, 0) for a flat plane */
+        double s64;
+        float s32;
+        sample_scale(a, i, &s64, &s32);
+        const char *x = a->x.data + (i * a->sx[0] + c * a->sx[1] + d * a->sx[2] + h * a->sx[3]) * es;
+        char *y = a->y.data + (i * a->sy[0] + c * a->sy[1] + d * a->sy[2] + h * a->sy[3]) * es;
+        scale_run(a->x.type, x, a->sx[4], y, a->sy[4], seg_len, s64, s32);
+        int32_t slot = a->slots[i * a->C + c];
+        if (slot >= 0)
+            zero_row(a->bits + (i * a->n_chan + slot) * a->words, seg * seg_len, seg_len, y, a->sy[4], es);
+    }
+}
+
+/* Channel-inner order (channels_last): work item = 32 pixels (one mask word) of one sample. */
+static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
+    (void)tid;
+    const ApplyCtx *a = p;
+    const int64_t H = a->S[1], W = a->S[2], C = a->C, nc = a->n_chan;
+    const int es = a->x.esize;
+    for (int64_t item = begin; item < end; ++item) {
+        int64_t i = item / a->words, k = item % a->words;
+        double s64;
+        float s32;
+        sample_scale(a, i, &s64, &s32);
+        const uint32_t *planes = a->bits + i * nc * a->words;
+        const int32_t *chan = a->chan + i * nc;
+        uint32_t any = 0;
+        for (int64_t j = 0; j < nc; ++j) any |= planes[j * a->words + k];
+        int64_t f0 = k * 32, f1 = f0 + 32 < a->P ? f0 + 32 : a->P;
+        int64_t w = f0 % W, h = (f0 / W) % H, d = f0 / (W * H);
+        for (int64_t f = f0; f < f1; ++f) {
+            const char *x = a->x.data + (i * a->sx[0] + d * a->sx[2] + h * a->sx[3] + w * a->sx[4]) * es;
+            char *y = a->y.data + (i * a->sy[0] + d * a->sy[2] + h * a->sy[3] + w * a->sy[4]) * es;
+            scale_run(a->x.type, x, a->sx[1], y, a->sy[1], C, s64, s32);
+            if ((any >> (f & 31)) & 1) {
+                for (int64_t j = 0; j < nc; ++j)
+                    if (chan[j] >= 0 && ((planes[j * a->words + k] >> (f & 31)) & 1))
+                        memset(y + chan[j] * a->sy[1] * es, 0, (size_t)es);
+            }
+            if (++w == W) {
+                w = 0;
+                if (++h == H) {
+                    h = 0;
+                    ++d;
                 }
             }
         }
     }
+}
+
+static PyObject *py_apply(PyObject *self, PyObject *args) {
+    PyObject *o_x, *o_y, *o_slots, *o_bits, *o_scale;
+    long long threads;
+    if (!PyArg_ParseTuple(args, "OOOOOL", &o_x, &o_y, &o_slots, &o_bits, &o_scale, &threads)) return NULL;
+    ApplyCtx a;
+    memset(&a, 0, sizeof(a));
+    View slots, bits, scale;
+    if (get_view(o_x, "x", &a.x) || get_view(o_y, "y", &a.y) || get_view(o_slots, "slots", &slots) ||
+        get_view(o_bits, "bits", &bits) || get_view(o_scale, "scale", &scale))
+        return NULL;
+    if (a.x.type > T_F64) return PyErr_Format(PyExc_TypeError, "x must be float16, bfloat16, float32 or float64");
+    if (a.x.ndim < 3 || a.x.ndim > 5) return PyErr_Format(PyExc_ValueError, "x must be (N, C, *S) with 1 to 3 spatial dims");
+    if (a.y.type != a.x.type || a.y.ndim != a.x.ndim) return PyErr_Format(PyExc_ValueError, "y must have x's dtype and shape");
+    for (int d = 0; d < a.x.ndim; ++d)
+        if (a.y.shape[d] != a.x.shape[d]) return PyErr_Format(PyExc_ValueError, "y must have x's dtype and shape");
+    if (!non_overlapping(&a.y)) return PyErr_Format(PyExc_ValueError, "y must not have overlapping elements");
+    if (a.y.data == a.x.data)
+        for (int d = 0; d < a.x.ndim; ++d)
+            if (a.x.shape[d] > 1 && a.x.strides[d] != a.y.strides[d])
+                return PyErr_Format(PyExc_ValueError, "y aliases x with different strides");
+    if (threads < 1 || threads > 4096) return PyErr_Format(PyExc_ValueError, "threads must be in [1, 4096]");
+    const int rank = a.x.ndim - 2;
+    a.N = a.x.shape[0];
+    a.C = a.x.shape[1];
+    a.S[0] = a.S[1] = a.S[2] = 1;
+    for (int k = 0; k < rank; ++k) a.S[3 - rank + k] = a.x.shape[2 + k];
+    a.P = a.S[0] * a.S[1] * a.S[2];
+    a.words = (a.P + 31) / 32;
+    if (bits.ndim != 3) return PyErr_Format(PyExc_ValueError, "bits must be (N, n', words)");
+    a.n_chan = bits.shape[1];
+    const int64_t s2[2] = {a.N, a.C}, s3[3] = {a.N, a.n_chan, a.words}, s1[1] = {a.N};
+    if (check_dense(&slots, "slots", T_I32, 2, s2) || check_dense(&bits, "bits", T_I32, 3, s3)) return NULL;
+    const int want_scale = a.x.type == T_F64 ? T_F64 : T_F32;
+    if (check_dense(&scale, "scale", want_scale, 1, s1)) return NULL;
+    a.slots = (const int32_t *)slots.data;
+    a.bits = (const uint32_t *)bits.data;
+    a.scale = scale.data;
+    a.scale_f64 = want_scale == T_F64;
+    for (int k = 0; k < 5; ++k) a.sx[k] = a.sy[k] = 0;
+    a.sx[0] = a.x.strides[0];
+    a.sx[1] = a.x.strides[1];
+    a.sy[0] = a.y.strides[0];
+    a.sy[1] = a.y.strides[1];
+    for (int k = 0; k < rank; ++k) {
+        a.sx[5 - rank + k] = a.x.strides[2 + k];
+        a.sy[5 - rank + k] = a.y.strides[2 + k];
+    }
+    if (a.N * a.C * a.P == 0) Py_RETURN_NONE;
+    /* Every slot must be -1 or name a distinct plane of ``bits``: check all, and map slots back to channels. */
+    int32_t *chan = malloc(sizeof(int32_t) * (size_t)(a.N * a.n_chan + 1));
+    if (!chan) return PyErr_NoMemory();
+    for (int64_t q = 0; q < a.N * a.n_chan; ++q) chan[q] = -1;
+    for (int64_t i = 0; i < a.N; ++i)
+        for (int64_t c = 0; c < a.C; ++c) {
+            int32_t s = a.slots[i * a.C + c];
+            if (s < -1 || s >= a.n_chan || (s >= 0 && chan[i * a.n_chan + s] >= 0)) {
+                free(chan);
+                return PyErr_Format(PyExc_ValueError,
+                                    "slots[%lld, %lld] = %d: each entry must be -1 or a distinct slot in [0, %lld)",
+                                    (long long)i, (long long)c, (int)s, (long long)a.n_chan);
+            }
+            if (s >= 0) chan[i * a.n_chan + s] = (int32_t)c;
+        }
+    a.chan = chan;
+    a.flat = (a.S[1] == 1 || (a.sx[3] == a.S[2] * a.sx[4] && a.sy[3] == a.S[2] * a.sy[4])) &&
+             (a.S[0] == 1 || (a.sx[2] == a.S[1] * a.S[2] * a.sx[4] && a.sy[2] == a.S[1] * a.S[2] * a.sy[4]));
+    /* Channels innermost in memory (channels_last): walk pixels, channels inside; else planes. */
+    int channel_inner = a.C > 1 && a.x.strides[1] == 1 && a.P > 1;
+    int T = (int)threads;
+    if (a.x.numel < 32768) T = 1; /* the pool's wake-up costs more than it saves */
+    Py_BEGIN_ALLOW_THREADS
+    Job job;
+    if (channel_inner) {
+        job.body = apply_pixels;
+        job.total = a.N * a.words;
+    } else {
+        job.body = apply_segments;
+        job.total = a.N * a.C * (a.flat ? 1 : a.S[0] * a.S[1]);
+    }
+    job.ctx = &a;
+    run_job(&job, T);
     Py_END_ALLOW_THREADS
+    free(chan);
     Py_RETURN_NONE;
 }
 
-static PyObject *uniform(PyObject *self, PyObject *args) {
+/* ------------------------------------------------------------------------------------------ */
+/* Test hooks                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+static PyObject *py_uniform(PyObject *self, PyObject *args) {
     unsigned long long seed, offset;
     if (!PyArg_ParseTuple(args, "KK", &seed, &offset)) return NULL;
     return PyFloat_FromDouble((double)philox_uniform(seed, offset));
 }
 
+/* top_n(values, n) -> (indices selected, ascending; comparisons made): the ranking, for tests. */
+static PyObject *py_top_n(PyObject *self, PyObject *args) {
+    PyObject *o_v;
+    long long n;
+    if (!PyArg_ParseTuple(args, "OL", &o_v, &n)) return NULL;
+    View v;
+    if (get_view(o_v, "values", &v)) return NULL;
+    if (v.ndim != 1 || v.type > T_F64 || !is_contiguous(&v))
+        return PyErr_Format(PyExc_ValueError, "values must be a contiguous 1-D float tensor");
+    const int64_t L = v.shape[0];
+    if (n < 1 || n > L) return PyErr_Format(PyExc_ValueError, "n must be in [1, %lld]", (long long)L);
+    double *key = malloc(sizeof(double) * (size_t)L);
+    int64_t *heap = malloc(sizeof(int64_t) * (size_t)L);
+    uint8_t *mark = malloc((size_t)L);
+    if (!key || !heap || !mark) {
+        free(key); free(heap); free(mark);
+        return PyErr_NoMemory();
+    }
+    uint64_t cmp = 0;
+    for (int64_t k = 0; k < L; ++k) key[k] = rank_key(read_float(v.data, v.type, k));
+    top_n(key, L, n, heap, mark, &cmp);
+    PyObject *list = PyList_New(0);
+    for (int64_t k = 0; list && k < L; ++k) {
+        if (!mark[k]) continue;
+        PyObject *item = PyLong_FromLongLong(k);
+        if (!item || PyList_Append(list, item)) {
+            Py_XDECREF(item);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(item);
+    }
+    free(key); free(heap); free(mark);
+    if (!list) return NULL;
+    return Py_BuildValue("(NK)", list, (unsigned long long)cmp);
+}
+
+static PyObject *py_info(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("{s:O,s:O}", "openmp", gomp_parallel ? Py_True : Py_False, "avx2",
+                         have_avx2 ? Py_True : Py_False);
+}
+
 static PyMethodDef methods[] = {
-    {"build_mask", build_mask, METH_VARARGS, "Top-n selection, seeds and block stamping (see module doc)."},
-    {"zero_dropped", zero_dropped, METH_VARARGS, "Write +0.0 at the dropped positions of strided memory."},
-    {"uniform", uniform, METH_VARARGS, "U(seed, offset) of SPEC.md, for tests."},
+    {"build", py_build, METH_VARARGS, "Steps 1-7 of SPEC.md for a batch (see the file's header)."},
+    {"apply", py_apply, METH_VARARGS, "Step 8: y = +0.0 where dropped, else x * scale (any strides)."},
+    {"uniform", py_uniform, METH_VARARGS, "U(seed, offset) of SPEC.md, for tests."},
+    {"top_n", py_top_n, METH_VARARGS, "The ranking of steps 1-2 on one row, with its comparison count (tests)."},
+    {"info", py_info, METH_NOARGS, "What this build found: torch's OpenMP pool, AVX2."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
-                                    "Native CPU mask build for camdrop_kernels (see csrc/camdrop_cpu.c).", -1,
-                                    methods};
+                                    "Native CPU kernels for camdrop_kernels (see csrc/camdrop_cpu.c).", -1, methods};
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+    find_openmp();
+#if defined(HAVE_X86)
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+#endif
+    return PyModule_Create(&module);
+}

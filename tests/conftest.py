@@ -12,18 +12,17 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from camdrop_kernels import backends, torch_backend  # noqa: E402
+from camdrop_kernels import backends  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = backends.triton_available()
-HAS_NATIVE = torch_backend.native_available()
-# The device and the implementations the contract tests run: each backend, and the torch
-# backend's plain-torch path too where its native CPU extension is built.
+HAS_NATIVE = backends.native_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-BACKENDS = ["torch"] + (["torch-pure"] if HAS_NATIVE else []) + (["triton"] if HAS_TRITON else [])
-# Without a GPU, Triton runs in its interpreter at about 5 ms per program instance: tests
-# that make hundreds of calls (statistics over seeds, gradcheck) run it on CUDA only; the
-# contract tests, which compare it with the reference bit for bit, run it on small inputs.
+# The implementations the contract tests run, by registry name: the native CPU kernels, plain
+# torch, and Triton (on CUDA, or in its interpreter on CPU tensors).
+BACKENDS = (["native"] if HAS_NATIVE and not HAS_CUDA else []) + ["torch"] + (["triton"] if HAS_TRITON else [])
+# Triton's interpreter runs about 5 ms per program instance: tests that make hundreds of calls
+# run it on CUDA only; the contract tests, which compare it with the reference, use small inputs.
 INTERPRETED = {"triton"} if HAS_TRITON and not HAS_CUDA else set()
 # Scales the hypothesis example counts (benchmarks/gpu_check.sh lowers it to fit its time box).
 EXAMPLES_SCALE = float(os.environ.get("CAMDROP_EXAMPLES_SCALE", "1"))
@@ -31,6 +30,7 @@ EXAMPLES_SCALE = float(os.environ.get("CAMDROP_EXAMPLES_SCALE", "1"))
 
 def examples(n: int) -> int:
     return max(1, int(n * EXAMPLES_SCALE))
+
 
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
              torch.float64: torch.int64}
@@ -50,28 +50,25 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, what: str
     bad = ((bits(actual) != bits(expected)) & ~(a_nan & e_nan)).nonzero()
     assert bad.numel() == 0, (
         f"{what}: {bad.shape[0]} of {actual.numel()} elements differ, first at {tuple(bad[0].tolist())}: "
-        f"{actual.cpu()[tuple(bad[0])]} != {expected.cpu()[tuple(bad[0])]}"
-    )
+        f"{actual[tuple(bad[0])]} != {expected[tuple(bad[0])]}")
 
 
 @contextlib.contextmanager
-def variant(name: str):
-    """Run an implementation from BACKENDS: yields the backend name to pass to camdrop."""
-    if name == "torch-pure":
-        with torch_backend.native_disabled():
-            yield "torch"
-    else:
-        yield name
+def using(name: str):
+    """Run the ops inside on backend ``name`` (a registry name), forward and backward."""
+    with backends.using(name):
+        yield
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    with variant(request.param) as name:
-        yield name
+    """Each implementation in turn; the test body runs under it (the API's backend='auto')."""
+    with using(request.param):
+        yield request.param
 
 
 @pytest.fixture(params=[b for b in BACKENDS if b not in INTERPRETED])
-def compiled_backend(request):
+def fast_backend(request):
     """Backends that run natively here (not in an interpreter): for tests making many calls."""
-    with variant(request.param) as name:
-        yield name
+    with using(request.param):
+        yield request.param

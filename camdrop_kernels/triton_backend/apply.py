@@ -1,11 +1,11 @@
-"""Stage 3: y = where(dropped, 0, x * scale), one read of x and one write of y.
+"""Step 8: y = where(dropped, +0.0, x * scale), one read of x and one write of y.
 
-A program covers a [BLOCK_C, BLOCK_HW] tile of one sample; Triton coalesces along
-whichever axis is contiguous (hw for NCHW, c for channels_last). Each channel's slot
-(-1 when not a top channel) picks its plane of the bit mask; the bit of element hw is
-bit (hw & 31) of word hw >> 5. The forward derives the per-sample scale from the
-dropped counts in float64 and rounds it once (program (0, 0, i) stores it for the
-backward); the backward is this kernel on dy with the saved scale.
+A program covers a [BLOCK_C, BLOCK_P] tile of one sample (a 1-D grid: any batch size);
+Triton coalesces along whichever axis is contiguous (pixels for NCHW, channels for
+channels_last). Each channel's slot (-1 when not a top channel) picks its plane of the bit
+mask; the bit of pixel q is bit (q & 31) of word q >> 5. A slot outside [0, n') reads no
+mask memory (hostile state cannot make the kernel read out of bounds). The backward is this
+kernel on dy.
 """
 import triton
 import triton.language as tl
@@ -13,61 +13,40 @@ import triton.language as tl
 
 @triton.jit
 def apply_kernel(
-    x_ptr, y_ptr, slot_ptr, bits_ptr, dropped_ptr, scale_ptr,
-    N, C, HW, W, n_chan, words_per_plane,
-    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-    NORMALIZE: tl.constexpr,  # 0: batch, 1: sample, 2: none
-    COMPUTE_SCALE: tl.constexpr, COMPUTE_F64: tl.constexpr, FLAT_HW: tl.constexpr, ROUND_BF16: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_N: tl.constexpr,
+    x_ptr, y_ptr, slot_ptr, bits_ptr, scale_ptr,
+    C, P, H, W, n_chan, words, tiles_c, tiles_p,
+    sxn, sxc, sxd, sxh, sxw, syn, syc, syd, syh, syw,
+    FLAT: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pid_hw = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    i = tl.program_id(2).to(tl.int64)
-    cdt = tl.float64 if COMPUTE_F64 else tl.float32
-    if COMPUTE_SCALE:
-        per_sample = tl.full((), 1, tl.int64) * C * HW  # (C or HW may arrive as a constexpr 1)
-        if NORMALIZE == 0:
-            dropped = tl.full((), 0, tl.int64)
-            for n0 in range(0, N, BLOCK_N):
-                nn = n0 + tl.arange(0, BLOCK_N)
-                dropped += tl.sum(tl.load(dropped_ptr + nn, mask=nn < N, other=0), axis=0)
-            numel = per_sample * N
-        else:
-            dropped = tl.load(dropped_ptr + i)
-            numel = per_sample
-        kept = numel - dropped
-        # float64 quotient, rounded once to the compute dtype; kept = 0 gives 0.
-        s64 = tl.where(kept == 0, 0.0, numel.to(tl.float64) / tl.maximum(kept, 1).to(tl.float64))
-        if NORMALIZE == 2:
-            s64 = tl.full((), 1.0, tl.float64)
-        scale = s64.to(cdt)
-        if (pid_hw == 0) & (pid_c == 0):
-            tl.store(scale_ptr + i, scale)
-    else:
-        scale = tl.load(scale_ptr + i)
-
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    pid = tl.program_id(0)
+    tile_p = pid % tiles_p
+    rest = pid // tiles_p
+    tile_c = rest % tiles_c
+    i = (rest // tiles_c).to(tl.int64)
+    scale = tl.load(scale_ptr + i)
+    c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    q = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
     c_ok = c < C
-    hw_ok = hw < HW
-    m = c_ok[:, None] & hw_ok[None, :]
+    q_ok = q < P
+    m = c_ok[:, None] & q_ok[None, :]
     c64 = c.to(tl.int64)[:, None]
-    hw64 = hw.to(tl.int64)[None, :]
-    if FLAT_HW:  # sh == W * sw for both tensors: hw steps by sw
-        x_off = i * sxn + c64 * sxc + hw64 * sxw
-        y_off = i * syn + c64 * syc + hw64 * syw
+    q64 = q.to(tl.int64)[None, :]
+    if FLAT:  # the pixel index steps by the w stride in both tensors
+        x_off = i * sxn + c64 * sxc + q64 * sxw
+        y_off = i * syn + c64 * syc + q64 * syw
     else:
-        hh = hw64 // W
-        ww = hw64 - hh * W
-        x_off = i * sxn + c64 * sxc + hh * sxh + ww * sxw
-        y_off = i * syn + c64 * syc + hh * syh + ww * syw
+        w = q64 % W
+        h = (q64 // W) % H
+        d = q64 // (W * H)
+        x_off = i * sxn + c64 * sxc + d * sxd + h * sxh + w * sxw
+        y_off = i * syn + c64 * syc + d * syd + h * syh + w * syw
     xv = tl.load(x_ptr + x_off, mask=m, other=0.0)
     slot = tl.load(slot_ptr + i * C + c, mask=c_ok, other=-1)
-    top = (slot >= 0)[:, None] & m
-    word_ptr = bits_ptr + (i * n_chan + slot.to(tl.int64)[:, None]) * words_per_plane + (hw64 >> 5)
+    top = ((slot >= 0) & (slot < n_chan))[:, None] & m
+    word_ptr = bits_ptr + (i * n_chan + slot.to(tl.int64)[:, None]) * words + (q64 >> 5)
     word = tl.load(word_ptr, mask=top, other=0)
-    dropped_here = top & (((word >> (hw[None, :] & 31)) & 1) != 0)
-    y = tl.where(dropped_here, 0.0, xv.to(cdt) * scale)
+    dropped = top & (((word >> (q[None, :] & 31)) & 1) != 0)
+    y = tl.where(dropped, 0.0, xv.to(scale.dtype) * scale)
     if ROUND_BF16:
         y = _float32_to_bfloat16(y)
     tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=m)

@@ -13,9 +13,12 @@ KEY_B = tl.constexpr(0xBB67AE85)
 
 
 @triton.jit
-def load_seed(seed_ptr):
-    """The int64 seed in device memory as the Philox key words (k0, k1) = (low, high) 32 bits."""
-    s = tl.load(seed_ptr)
+def seed_key(seed_ptr, seed_value, SEED_FROM_PTR: tl.constexpr):
+    """The int64 seed (in device memory, or passed by value) as the Philox key words (low, high)."""
+    if SEED_FROM_PTR:
+        s = tl.load(seed_ptr)
+    else:
+        s = tl.full((), 0, tl.int64) + seed_value
     k0 = (s & 0xFFFFFFFF).to(tl.uint32)
     k1 = ((s >> 32) & 0xFFFFFFFF).to(tl.uint32)
     return k0, k1

@@ -91,9 +91,9 @@ def _selected(ptr, start, L, T, need, seen_ties, MAG: tl.constexpr, EXP_MASK: tl
 @triton.jit
 def select_kernel(
     cam_ptr, alpha_ptr, pix_ptr, pix_count_ptr, gamma_ptr, chan_ptr, slot_ptr,
-    HW, W, C, n_pix, n_chan, row_lo, row_hi, col_lo, col_hi,
-    gamma_num_bits, gamma_den_factor, gamma_const,
-    ELIGIBLE: tl.constexpr,
+    HW, H, W, C, n_pix, n_chan, lo_d, hi_d, lo_h, hi_h, lo_w, hi_w,
+    p_ptr, p_bits, gs_bits, num_factor, den_factor,
+    ELIGIBLE: tl.constexpr, P_FROM_PTR: tl.constexpr,
     CAM_KEY_BITS: tl.constexpr, CAM_MAG: tl.constexpr, CAM_EXP: tl.constexpr, CAM_NEG_INF: tl.constexpr,
     CAM_SIGN: tl.constexpr, CAM_BLOCK: tl.constexpr, CAM_SINGLE: tl.constexpr,
     A_KEY_BITS: tl.constexpr, A_MAG: tl.constexpr, A_EXP: tl.constexpr, A_NEG_INF: tl.constexpr,
@@ -113,23 +113,30 @@ def select_kernel(
             sel, chunk_ties = _selected(row, start, HW, T, need, ties, CAM_MAG, CAM_EXP, CAM_NEG_INF, CAM_BLOCK)
             ties += chunk_ties
             p = start + tl.arange(0, CAM_BLOCK)
-            u = p // W
-            v = p - u * W
-            ok = sel & (u >= row_lo) & (u < row_hi) & (v >= col_lo) & (v < col_hi)
+            w = p % W
+            h = (p // W) % H
+            d = p // (W * H)
+            ok = sel & (d >= lo_d) & (d < hi_d) & (h >= lo_h) & (h < hi_h) & (w >= lo_w) & (w < hi_w)
             ok32 = ok.to(tl.int32)
             pos = kept + tl.cumsum(ok32, axis=0) - 1
             tl.store(pix_ptr + i * n_pix + pos, p, mask=ok)
             kept += tl.sum(ok32, axis=0)
         tl.store(pix_count_ptr + i, kept)
-        if ELIGIBLE:
-            # drop_prob * gamma_scale * (C*H*W) / (A * n' * |S ∩ V|) in float64, clamped, then float32.
-            num = (tl.full((), 0, tl.int64) + gamma_num_bits).to(tl.float64, bitcast=True)
-            den = (kept.to(tl.int64) * gamma_den_factor).to(tl.float64)
-            g = tl.minimum(tl.maximum(num / tl.maximum(den, 1.0), 0.0), 1.0)  # (den is 0 only when kept is)
-            g = tl.where(kept == 0, 0.0, g)
-            tl.store(gamma_ptr + i, g.to(tl.float32))
+        # SPEC.md step 4 in float64: drop_prob * gamma_scale * F / (A * n' * |S ∩ V|) ("eligible",
+        # F = C*P) or / (A * |V|) ("dropblock", F = P); clamped to [0, 1] (NaN to 0), then float32.
+        if P_FROM_PTR:
+            prob = tl.load(p_ptr)
         else:
-            tl.store(gamma_ptr + i, gamma_const)
+            prob = (tl.full((), 0, tl.int64) + p_bits).to(tl.float64, bitcast=True)
+        gs = (tl.full((), 0, tl.int64) + gs_bits).to(tl.float64, bitcast=True)
+        num = prob * gs * (tl.full((), 0, tl.int64) + num_factor).to(tl.float64)
+        if ELIGIBLE:
+            den = (kept.to(tl.int64) * den_factor).to(tl.float64)
+        else:
+            den = (tl.full((), 0, tl.int64) + den_factor).to(tl.float64)
+        g = num / tl.maximum(den, 1.0)  # (den is 0 only when nothing is eligible: the rate is 0 then)
+        g = tl.where((den > 0.0) & (g > 0.0), tl.minimum(g, 1.0), 0.0)
+        tl.store(gamma_ptr + i, g.to(tl.float32))
     else:
         # Channels: the top ones in ascending order, and each one's slot in that list.
         row = alpha_ptr + i * C

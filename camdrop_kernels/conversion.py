@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from torch import nn
 
 from . import validation
-from .modules import CamDrop2d
+from .nn import CamDrop2d
 from .training import stage_drop_prob
 
 # timm's drop_block_rate uses 5 in stage 3 and 3 in stage 4; DropBlock's default 7 before that.
@@ -75,7 +75,7 @@ def convert_resnet(
     if block_size is not None:
         validation.check_block_size(block_size)
     stages = tuple(stages)
-    if not stages or any(not validation._is_int(s) or not 1 <= s <= 4 for s in stages) or len(set(stages)) != len(stages):
+    if not stages or any(not validation.is_int(s) or not 1 <= s <= 4 for s in stages) or len(set(stages)) != len(stages):
         raise ValueError(f"stages must be distinct ints in 1..4; got {stages!r}")
     classifier = model.get_classifier() if library == "timm" else model.fc
     if not isinstance(classifier, nn.Linear):

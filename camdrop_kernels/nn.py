@@ -1,0 +1,261 @@
+"""``CamDrop1d``, ``CamDrop2d``, ``CamDrop3d``: the nn.Module forms, optionally guided by a classifier."""
+from __future__ import annotations
+
+import collections
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from . import api, validation
+from .guidance import cam_unchecked, importance
+from .options import Options
+from .philox import make_seed
+
+MISSING_TARGETS = ("error", "skip")
+_HISTORY = 32  # forwards whose targets a bound layer remembers for activation checkpointing
+
+
+class CamDropNd(nn.Module):
+    """CamDrop as a layer on (N, C, *S) maps; the identity in eval mode or at drop_prob 0.
+
+    Two ways to guide it:
+
+    - explicitly: ``forward(x, cam, alpha)``;
+    - bound to the model's final linear layer (``classifier=`` or :meth:`bind`): ``forward(x)``
+      builds ``alpha = channel_importance(classifier.weight, targets, C)`` and
+      ``cam = class_activation_map(x, alpha)`` itself, without gradient, from the batch's targets
+      handed over by :func:`camdrop_kernels.targets`.
+
+    The options are validated once, here. The rate lives in a float64 buffer that is not saved in
+    the state_dict, so ``set_drop_prob`` changes it every step without recompiling a compiled
+    model. The classifier is referenced, not registered (state_dict keys do not change).
+    After each training forward, ``last_dropped`` (N,) and ``last_rate`` (N,) hold the dropped
+    counts and seed rates as device tensors (no sync); see :attr:`last_dropped_fraction`.
+    """
+
+    rank = 2
+
+    def __init__(
+        self,
+        drop_prob: float = 0.1,
+        block_size: int = 7,
+        *,
+        top_pixels: Optional[Union[int, float]] = None,
+        top_channels: Optional[Union[int, float]] = None,
+        block_shape: str = "square",
+        normalize: str = "batch",
+        gamma_mode: str = "eligible",
+        gamma_scale: float = 1.0,
+        inplace: bool = False,
+        backend: str = "auto",
+        classifier: Optional[nn.Module] = None,
+        missing_targets: str = "error",
+        drop_prob_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.options = Options.get(self.rank, block_size, top_pixels, top_channels, block_shape, normalize,
+                                   gamma_mode, gamma_scale)
+        self.inplace = validation.check_bool("inplace", inplace)
+        self.backend = validation.check_choice("backend", backend, validation.PUBLIC_BACKENDS)
+        self.missing_targets = validation.check_choice("missing_targets", missing_targets, MISSING_TARGETS)
+        # set_drop_prob(model, p) gives this layer p * drop_prob_scale (per-stage scaling).
+        self.drop_prob_scale = validation.check_probability("drop_prob_scale", drop_prob_scale)
+        self._p = validation.check_probability("drop_prob", drop_prob)
+        self.register_buffer("_drop_prob", torch.tensor(self._p, dtype=torch.float64), persistent=False)
+        self.last_dropped: Optional[torch.Tensor] = None
+        self.last_rate: Optional[torch.Tensor] = None
+        self._last_numel = 0
+        self._targets: Optional[torch.Tensor] = None
+        self._history: "collections.OrderedDict[int, torch.Tensor]" = collections.OrderedDict()
+        if classifier is not None:
+            self.bind(classifier)
+
+    # -- options ---------------------------------------------------------------------------------
+    @property
+    def drop_prob(self) -> float:
+        return self._p
+
+    @drop_prob.setter
+    def drop_prob(self, value: float) -> None:
+        self._p = validation.check_probability("drop_prob", value)
+        with torch.no_grad():
+            self._drop_prob.fill_(self._p)
+
+    block_size = property(lambda self: self.options.block_size)
+    top_pixels = property(lambda self: self.options.top_pixels)
+    top_channels = property(lambda self: self.options.top_channels)
+    block_shape = property(lambda self: self.options.block_shape)
+    normalize = property(lambda self: self.options.normalize)
+    gamma_mode = property(lambda self: self.options.gamma_mode)
+    gamma_scale = property(lambda self: self.options.gamma_scale)
+
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(dtype) convert floating buffers: keep the rate exactly float64.
+        out = super()._apply(fn, recurse)
+        if self._drop_prob.dtype != torch.float64:
+            self._drop_prob = torch.tensor(self._p, dtype=torch.float64, device=self._drop_prob.device)
+        return out
+
+    # -- guidance ----------------------------------------------------------------------------------
+    def bind(self, classifier: nn.Module) -> "CamDropNd":
+        """Guide this layer by ``classifier`` (a module with a 2-D ``weight``, e.g. the final nn.Linear)."""
+        weight = getattr(classifier, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise TypeError(f"classifier must be a module with a 2-D weight (the final nn.Linear); got "
+                            f"{type(classifier).__name__}")
+        # A plain attribute, not a submodule: the classifier's parameters stay where they belong.
+        self.__dict__["_classifier"] = classifier
+        return self
+
+    @property
+    def classifier(self) -> Optional[nn.Module]:
+        return self.__dict__.get("_classifier")
+
+    def set_targets(self, targets: Optional[torch.Tensor]) -> None:
+        """Hand this layer the batch's targets, (N,) class indices or (N, K) soft targets; None clears."""
+        self._targets = targets
+
+    def __getstate__(self):
+        # Copies and pickles never carry a batch's labels.
+        state = self.__dict__.copy()
+        state["_targets"] = None
+        state["_history"] = collections.OrderedDict()
+        return state
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cam: Optional[torch.Tensor] = None,
+                alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.training:
+            return x
+        compiling = torch.compiler.is_compiling()
+        # Under torch.compile the rate is a tensor input: never branch on its value there.
+        if not compiling and self._p == 0.0:
+            return self._nothing_dropped(x)
+        if (cam is None) != (alpha is None):
+            raise ValueError(f"pass both cam and alpha, or neither (a bound {type(self).__name__} builds them itself)")
+        if x.dim() == self.rank + 2 and (x.shape[1] == 0 or x.numel() == 0):
+            return self._nothing_dropped(x)
+        seed = make_seed(None, None, x)
+        if cam is None:
+            guidance = self._guidance(x, seed, compiling)
+            if guidance is None:
+                return self._nothing_dropped(x)
+            cam, alpha = guidance
+        cam = validation.check_inputs(self.rank, x, cam, alpha)
+        if self.inplace:
+            validation.check_inplace(x)
+        y, self.last_dropped, self.last_rate = api.run(x, cam, alpha, self.options, self._drop_prob, seed,
+                                                       self.inplace, self.backend)
+        self._last_numel = x.numel()
+        return y
+
+    def _nothing_dropped(self, x: torch.Tensor) -> torch.Tensor:
+        """A training step that drops nothing (rate 0, targets skipped): record zeros and return x."""
+        n = x.shape[0] if x.dim() else 0
+        self.last_dropped = torch.zeros((n,), dtype=torch.int64, device=x.device)
+        self.last_rate = torch.zeros((n,), dtype=torch.float32, device=x.device)
+        self._last_numel = max(1, x.numel())
+        return x
+
+    def _guidance(self, x: torch.Tensor, seed: torch.Tensor, compiling: bool):
+        """(cam, alpha) from the bound classifier and this batch's targets; None to skip this batch."""
+        classifier = self.classifier
+        name = type(self).__name__
+        if classifier is None:
+            raise RuntimeError(
+                f"{name}.forward(x) needs guidance: call forward(x, cam, alpha), or bind the layer to the model's "
+                f"classifier ({name}(..., classifier=model.fc), layer.bind(...), or camdrop_kernels.convert)")
+        if getattr(self, "_is_replica", False):
+            raise RuntimeError(
+                f"a bound {name} cannot run under nn.DataParallel: each replica would see the whole batch's "
+                "targets. Use DistributedDataParallel (one process per GPU), which camdrop_kernels supports")
+        targets = self._targets
+        if not compiling:
+            targets = self._remember(targets, seed)
+        if targets is None:
+            if self.missing_targets == "skip":
+                return None
+            raise RuntimeError(
+                f"{name} is in training mode but has no targets for this batch: run the forward pass inside "
+                "`with camdrop_kernels.targets(model, labels): ...`, or construct the layers with "
+                "missing_targets='skip' to make them the identity when no targets are given")
+        if targets.shape[0] != x.shape[0]:
+            raise ValueError(f"targets hold {targets.shape[0]} samples but the batch has {x.shape[0]}")
+        with torch.no_grad():
+            alpha = importance(classifier.weight.detach(), targets, x.shape[1])
+            cam = cam_unchecked(x.detach(), alpha)
+        return cam, alpha
+
+    def _remember(self, targets: Optional[torch.Tensor], seed: torch.Tensor) -> Optional[torch.Tensor]:
+        """Activation checkpointing recomputes this forward during backward, after the ``targets``
+        block has ended, with the random state restored: the same seed is drawn again. So the
+        targets of every forward that may be recomputed are kept under its seed (a CPU value:
+        reading it does not sync), and a recomputation inside the backward pass finds them."""
+        if seed.device.type != "cpu":
+            return targets
+        key = int(seed)
+        if targets is not None:
+            if torch.is_grad_enabled():
+                self._history[key] = targets
+                while len(self._history) > _HISTORY:
+                    self._history.popitem(last=False)
+            return targets
+        if torch._C._current_graph_task_id() != -1:  # inside a backward pass: a recomputation
+            return self._history.get(key)
+        return None
+
+    # -- statistics ------------------------------------------------------------------------------
+    @property
+    def last_dropped_fraction(self) -> Optional[torch.Tensor]:
+        """Share of the last training batch's elements that were dropped, a 0-d float32 device
+        tensor (computing it does not sync; reading its value does). None before the first one."""
+        if self.last_dropped is None:
+            return None
+        return self.last_dropped.sum().to(torch.float32) / float(self._last_numel)
+
+    @property
+    def saturated(self) -> Optional[torch.Tensor]:
+        """0-d bool device tensor: did some sample's seed rate reach 1 in the last training batch
+        (``drop_prob`` asked for more than the guided region holds)?"""
+        if self.last_rate is None:
+            return None
+        return (self.last_rate >= 1.0).any()
+
+    def extra_repr(self) -> str:
+        o = self.options
+        parts = [f"drop_prob={self._p}", f"block_size={o.block_size}", f"block_shape={o.block_shape!r}"]
+        if o.top_pixels is not None:
+            parts.append(f"top_pixels={o.top_pixels}")
+        if o.top_channels is not None:
+            parts.append(f"top_channels={o.top_channels}")
+        parts += [f"normalize={o.normalize!r}", f"gamma_mode={o.gamma_mode!r}"]
+        if o.gamma_scale != 1.0:
+            parts.append(f"gamma_scale={o.gamma_scale}")
+        if self.inplace:
+            parts.append("inplace=True")
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        if self.classifier is not None:
+            parts.append(f"bound to {type(self.classifier).__name__}({tuple(self.classifier.weight.shape)})")
+        if self.missing_targets != "error":
+            parts.append(f"missing_targets={self.missing_targets!r}")
+        return ", ".join(parts)
+
+
+class CamDrop1d(CamDropNd):
+    """CamDrop on 1-D maps (N, C, L): sequences, audio, time series. See :class:`CamDrop2d`."""
+
+    rank = 1
+
+
+class CamDrop2d(CamDropNd):
+    __doc__ = CamDropNd.__doc__
+    rank = 2
+
+
+class CamDrop3d(CamDropNd):
+    """CamDrop on 3-D maps (N, C, D, H, W): video, volumes. See :class:`CamDrop2d`."""
+
+    rank = 3
+
