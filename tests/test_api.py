@@ -1,4 +1,4 @@
-"""Public API behaviour: no-ops, empty tensors, layouts, the module, the guidance helpers."""
+"""Public API behaviour: no-ops, empty tensors, layouts, every rank, the modules, the guidance helpers."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,50 +7,64 @@ import camdrop_kernels as ck
 
 from conftest import DEVICE
 
-
-def inputs(shape=(2, 16, 7, 9), dtype=torch.float32):
-    N, C, H, W = shape
-    return (torch.randn(shape, dtype=dtype, device=DEVICE), torch.randn(N, H, W, device=DEVICE),
-            torch.randn(N, C, device=DEVICE))
+FUNCTIONS = {1: (ck.camdrop1d, ck.camdrop1d_mask), 2: (ck.camdrop, ck.camdrop_mask), 3: (ck.camdrop3d, ck.camdrop3d_mask)}
+SPATIAL = {1: (23,), 2: (7, 9), 3: (3, 5, 6)}
 
 
-def test_no_op_returns_x_itself(backend):
-    x, cam, alpha = inputs()
-    assert ck.camdrop(x, cam, alpha, 0.0, backend=backend) is x
-    assert ck.camdrop(x, cam, alpha, 0.5, training=False, backend=backend) is x
-    assert not ck.camdrop_mask(x, cam, alpha, 0.0, backend=backend).any()
+def inputs(rank=2, N=2, C=16, dtype=torch.float32, spatial=None):
+    S = SPATIAL[rank] if spatial is None else spatial
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(N, C, *S, generator=g).to(dtype).to(DEVICE), torch.randn(N, *S, generator=g).to(DEVICE),
+            torch.randn(N, C, generator=g).to(DEVICE))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_no_op_returns_x_itself(rank, backend):
+    fn, mask_fn = FUNCTIONS[rank]
+    x, cam, alpha = inputs(rank)
+    assert fn(x, cam, alpha, 0.0) is x
+    assert fn(x, cam, alpha, 0.5, training=False) is x
+    assert not mask_fn(x, cam, alpha, 0.0).any()
 
 
 @pytest.mark.parametrize("shape", [(0, 4, 5, 5), (2, 0, 5, 5), (2, 4, 0, 5), (2, 4, 5, 0)])
 def test_empty_tensors_return_x(shape, backend):
-    x, cam, alpha = inputs(shape)
-    assert ck.camdrop(x, cam, alpha, 0.5, backend=backend) is x
-    mask = ck.camdrop_mask(x, cam, alpha, 0.5, backend=backend)
+    N, C, H, W = shape
+    x, cam, alpha = torch.randn(shape, device=DEVICE), torch.randn(N, H, W, device=DEVICE), torch.randn(N, C, device=DEVICE)
+    assert ck.camdrop(x, cam, alpha, 0.5) is x
+    mask = ck.camdrop_mask(x, cam, alpha, 0.5)
     assert mask.shape == x.shape and mask.dtype == torch.bool
 
 
-def test_cam_with_channel_axis_is_accepted(backend):
-    x, cam, alpha = inputs()
-    a = ck.camdrop(x, cam, alpha, 0.5, 3, seed=4, backend=backend)
-    assert torch.equal(a, ck.camdrop(x, cam[:, None], alpha, 0.5, 3, seed=4, backend=backend))
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_cam_with_channel_axis_is_accepted(rank, backend):
+    fn = FUNCTIONS[rank][0]
+    x, cam, alpha = inputs(rank)
+    a = fn(x, cam, alpha, 0.5, 3, seed=4)
+    assert torch.equal(a, fn(x, cam[:, None], alpha, 0.5, 3, seed=4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_output_dtype_and_layout(dtype, backend):
     x, cam, alpha = inputs(dtype=dtype)
-    y = ck.camdrop(x, cam, alpha, 0.5, 3, seed=1, backend=backend)
+    y = ck.camdrop(x, cam, alpha, 0.5, 3, seed=1)
     assert y.dtype == dtype and y.is_contiguous()
     xc = x.contiguous(memory_format=torch.channels_last)
-    yc = ck.camdrop(xc, cam, alpha, 0.5, 3, seed=1, backend=backend)
+    yc = ck.camdrop(xc, cam, alpha, 0.5, 3, seed=1)
     assert yc.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(y, yc)
+    x3, cam3, alpha3 = inputs(3, dtype=dtype)
+    x3c = x3.contiguous(memory_format=torch.channels_last_3d)
+    y3 = ck.camdrop3d(x3c, cam3, alpha3, 0.5, 3, seed=1)
+    assert y3.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(y3, ck.camdrop3d(x3, cam3, alpha3, 0.5, 3, seed=1))
 
 
-def test_dropped_elements_are_exact_zeros_even_for_inf_and_nan(backend):
+def test_dropped_elements_are_positive_zeros_even_for_inf_and_nan(backend):
     x, cam, alpha = inputs()
     x[:] = float("nan")
-    x[:, :, ::2] = float("inf")
-    kw = dict(drop_prob=1.0, block_size=3, gamma_mode="eligible", seed=2, backend=backend)
+    x[:, :, ::2] = float("-inf")
+    kw = dict(drop_prob=1.0, block_size=3, seed=2)
     mask = ck.camdrop_mask(x, cam, alpha, **kw)
     y = ck.camdrop(x, cam, alpha, **kw)
     assert mask.any()
@@ -58,33 +72,46 @@ def test_dropped_elements_are_exact_zeros_even_for_inf_and_nan(backend):
     assert not torch.signbit(y[mask]).any()
 
 
-def test_only_top_channels_are_dropped(backend):
-    x, cam, alpha = inputs()
-    mask = ck.camdrop_mask(x, cam, alpha, 1.0, 3, top_channels=3, gamma_mode="eligible", seed=3, backend=backend)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_only_top_channels_are_dropped(rank, backend):
+    mask_fn = FUNCTIONS[rank][1]
+    x, cam, alpha = inputs(rank)
+    mask = mask_fn(x, cam, alpha, 1.0, 3, top_channels=3, seed=3)
     hit = mask.flatten(2).any(2)
     top = torch.zeros_like(hit).scatter_(1, alpha.topk(3, dim=1).indices, True)
     assert hit.any() and not (hit & ~top).any()
 
 
-def test_module_train_and_eval(backend):
-    x, cam, alpha = inputs()
-    layer = ck.CamDrop2d(0.5, 3, gamma_mode="eligible", backend=backend)
+def test_default_gamma_mode_is_eligible_spec_v2(backend):
+    """SPEC v2: the default rate makes drop_prob the share of the sample dropped (before overlaps)."""
+    x, cam, alpha = inputs(C=64, spatial=(14, 14))
+    default = ck.camdrop_mask(x, cam, alpha, 0.02, 3, seed=7)
+    assert torch.equal(default, ck.camdrop_mask(x, cam, alpha, 0.02, 3, gamma_mode="eligible", seed=7))
+    assert not torch.equal(default, ck.camdrop_mask(x, cam, alpha, 0.02, 3, gamma_mode="dropblock", seed=7))
+
+
+@pytest.mark.parametrize("cls,rank", [(ck.CamDrop1d, 1), (ck.CamDrop2d, 2), (ck.CamDrop3d, 3)])
+def test_module_train_and_eval(cls, rank, backend):
+    x, cam, alpha = inputs(rank)
+    layer = cls(0.5, 3)
     torch.manual_seed(0)
     y = layer(x, cam, alpha)
     assert y is not x and (y == 0).any()
+    assert layer.last_dropped.shape == (2,) and float(layer.last_dropped_fraction) > 0
     layer.eval()
     assert layer(x, cam, alpha) is x
-    assert ck.CamDrop2d(0.0).train()(x, cam, alpha) is x
+    assert cls(0.0).train()(x, cam, alpha) is x
 
 
 def test_module_repr():
     r = repr(ck.CamDrop2d(0.2, 5, top_channels=0.25, block_shape="diamond", gamma_scale=2.0))
     assert r == ("CamDrop2d(drop_prob=0.2, block_size=5, block_shape='diamond', top_channels=0.25, "
-                 "normalize='batch', gamma_mode='dropblock', gamma_scale=2.0)")
+                 "normalize='batch', gamma_mode='eligible', gamma_scale=2.0)")
 
 
 def test_channel_importance_groups_and_pools():
-    w = torch.randn(10, 12)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(10, 12, generator=g)
     t = torch.tensor([3, 7])
     grouped = ck.channel_importance(w, t, 4)
     assert torch.allclose(grouped, w[t].reshape(2, 4, 3).mean(-1))
@@ -93,8 +120,16 @@ def test_channel_importance_groups_and_pools():
     assert torch.allclose(pooled, F.adaptive_avg_pool1d(w[t][:, None], 5)[:, 0])
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_channel_importance_accepts_any_integer_class_indices(dtype):
+    """Regression: uint8/int16 class indices passed the check, then failed in index_select."""
+    w = torch.randn(10, 12, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([3, 7])
+    assert torch.equal(ck.channel_importance(w, t.to(dtype), 4), ck.channel_importance(w, t, 4))
+
+
 def test_channel_importance_soft_targets_mix_rows():
-    w = torch.randn(10, 8)
+    w = torch.randn(10, 8, generator=torch.Generator().manual_seed(2))
     soft = torch.zeros(2, 10)
     soft[0, 1], soft[0, 4] = 0.7, 0.3
     soft[1, 9] = 1.0
@@ -103,8 +138,9 @@ def test_channel_importance_soft_targets_mix_rows():
     assert torch.allclose(got[1], w[9])
 
 
-def test_class_activation_map():
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
-    alpha = torch.randn(2, 3, dtype=torch.float64)
-    want = (alpha[:, :, None, None] * x).sum(1)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_class_activation_map_any_rank(rank):
+    x, _, alpha = inputs(rank, dtype=torch.float64)
+    alpha = alpha.double()
+    want = (alpha.reshape(alpha.shape + (1,) * rank) * x).sum(1)
     assert torch.allclose(ck.class_activation_map(x, alpha), want)

@@ -1,4 +1,5 @@
-"""The ten golden cases of shared/golden (computed apart from this project) on every backend."""
+"""The golden cases of shared/golden (computed apart from this project) on every backend: ten
+2-D cases and sixteen 1-D/2-D/3-D cases."""
 import json
 from pathlib import Path
 
@@ -12,40 +13,54 @@ from camdrop_kernels import reference
 from conftest import DEVICE, assert_bitwise_equal, bits
 
 DATA = Path(__file__).parent / "data"
-INDEX = json.loads((DATA / "camdrop_cases.json").read_text())
-ARRAYS = np.load(DATA / "camdrop_cases.npz")
-CASES = INDEX["cases"]
+FUNCTIONS = {1: (ck.camdrop1d, ck.camdrop1d_mask, reference.camdrop1d, reference.camdrop1d_mask),
+             2: (ck.camdrop, ck.camdrop_mask, reference.camdrop, reference.camdrop_mask),
+             3: (ck.camdrop3d, ck.camdrop3d_mask, reference.camdrop3d, reference.camdrop3d_mask)}
 
 
-def exact_in(dtype, *tensors):
-    return all(torch.equal(bits(t.to(dtype).to(torch.float32)), bits(t)) for t in tensors)
+def _load(name):
+    index = json.loads((DATA / f"{name}.json").read_text())
+    arrays = np.load(DATA / f"{name}.npz")
+    return [dict(case, file=name, arrays=arrays) for case in index["cases"]]
 
 
-def load(case):
-    k = case["case"]
-    get = lambda name: torch.from_numpy(ARRAYS[f"{name}{k}"])  # noqa: E731
+CASES = _load("camdrop_cases") + _load("camdrop_nd_cases")
+
+
+def case_id(case):
+    return f"{case['file'].replace('camdrop_', '').replace('_cases', '') or '2d'}{case['case']}"
+
+
+def tensors(case):
+    k, arrays = case["case"], case["arrays"]
+    get = lambda name: torch.from_numpy(arrays[f"{name}{k}"])  # noqa: E731
     return get("x"), get("cam"), get("alpha"), get("y"), get("dropped"), get("scale")
 
 
-def test_index_has_ten_cases():
-    assert [c["case"] for c in CASES] == list(range(10))
+def test_case_counts():
+    assert sum(c["file"] == "camdrop_cases" for c in CASES) == 10
+    nd = [c for c in CASES if c["file"] == "camdrop_nd_cases"]
+    assert {len(c["shape"]) - 2 for c in nd} == {1, 2, 3}
+    # The json keeps ints and floats apart (`4` vs `4.0` are different requests): json.loads does too.
+    assert any(isinstance(c["kwargs"].get("top_channels"), float) for c in CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"case{c['case']}")
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_reference_matches_golden(case):
-    x, cam, alpha, y, dropped, scale = load(case)
+    x, cam, alpha, y, dropped, scale = tensors(case)
+    _, _, ref, ref_mask = FUNCTIONS[x.dim() - 2]
     assert int(dropped.sum()) == case["dropped"]
-    assert_bitwise_equal(reference.camdrop(x, cam, alpha, **case["kwargs"]), y)
-    assert torch.equal(reference.camdrop_mask(x, cam, alpha, **case["kwargs"]), dropped)
+    assert_bitwise_equal(ref(x, cam, alpha, **case["kwargs"]), y)
+    assert torch.equal(ref_mask(x, cam, alpha, **case["kwargs"]), dropped)
 
 
 def dtype_cases():
     """(case, dtype) for every dtype the case's inputs convert to exactly (the golden data is float32)."""
     for case in CASES:
-        x, cam, alpha = load(case)[:3]
+        x, cam, alpha = tensors(case)[:3]
         for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            if exact_in(dtype, x, cam, alpha):
-                yield pytest.param(case, dtype, id=f"case{case['case']}-{str(dtype)[6:]}")
+            if all(torch.equal(bits(t.to(dtype).to(torch.float32)), bits(t)) for t in (x, cam, alpha)):
+                yield pytest.param(case, dtype, id=f"{case_id(case)}-{str(dtype)[6:]}")
 
 
 def test_every_case_runs_in_float32_and_float64():
@@ -54,12 +69,11 @@ def test_every_case_runs_in_float32_and_float64():
 
 @pytest.mark.parametrize("case,dtype", list(dtype_cases()))
 def test_backend_matches_golden(case, dtype, backend):
-    x, cam, alpha, y, dropped, scale = load(case)
+    x, cam, alpha, y, dropped, scale = tensors(case)
+    fn, mask_fn, _, _ = FUNCTIONS[x.dim() - 2]
     xd, camd, alphad = (t.to(dtype).to(DEVICE) for t in (x, cam, alpha))
-    kwargs = dict(case["kwargs"], backend=backend)
-    mask = ck.camdrop_mask(xd, camd, alphad, **kwargs)
-    assert torch.equal(mask.cpu(), dropped)
-    out = ck.camdrop(xd, camd, alphad, **kwargs)
+    assert torch.equal(mask_fn(xd, camd, alphad, **case["kwargs"]).cpu(), dropped)
+    out = fn(xd, camd, alphad, **case["kwargs"])
     if dtype == torch.float32:
         assert_bitwise_equal(out.cpu(), y)
         return
@@ -70,7 +84,8 @@ def test_backend_matches_golden(case, dtype, backend):
         assert torch.equal(s.to(torch.float32), scale)
     else:
         s = scale
-    want = torch.where(dropped, 0.0, x.to(s.dtype) * s[:, None, None, None]).to(dtype)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    want = torch.where(dropped, 0.0, x.to(s.dtype) * s.reshape(shape)).to(dtype)
     assert_bitwise_equal(out.cpu(), want)
 
 

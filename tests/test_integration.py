@@ -112,7 +112,7 @@ def test_targets_are_checked_once_by_the_context():
     with pytest.raises(ValueError, match=r"soft targets must have shape \(N, 10\)"):
         with ck.targets(model, torch.rand(4, 9)):
             pass
-    with pytest.raises(ValueError, match="no CamDrop2d layers"):
+    with pytest.raises(ValueError, match="no CamDrop layers"):
         with ck.targets(make("timm"), torch.tensor([1])):
             pass
 
@@ -138,7 +138,7 @@ def test_compile_fullgraph_training_step(lib):
         loss.backward()
         opt.step()
         assert torch.isfinite(loss)
-    assert torch.ops.camdrop_kernels.camdrop.default is not None
+    assert any(float(layer.last_dropped_fraction) > 0 for layer in camdrop_layers(model))
 
 
 def test_autocast_bfloat16_cpu():
@@ -231,4 +231,4 @@ def test_ddp_gloo_two_processes(tmp_path):
             pytest.fail("DDP workers hung for 300 s")
     out = torch.load(result)
     assert out["same"], "parameters diverged across ranks"
-    assert out["loss"] == out["loss"]
+    assert 0.0 < out["loss"] < 100.0

@@ -42,7 +42,7 @@ def test_check_values(seed, offset, expected):
 
 
 def test_matches_integer_model_on_random_seeds_and_offsets():
-    rng = random.Random()
+    rng = random.Random(2019)
     seeds = [rng.randrange(2**63) for _ in range(4)] + [2**63 - 1, 2**32 - 1, 2**32]
     offsets = [rng.randrange(2**40) for _ in range(40)] + [0, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**62]
     for seed in seeds:
@@ -63,7 +63,7 @@ def test_native_stream_matches(monkeypatch):
     native = pytest.importorskip("camdrop_kernels._native")
     for seed, offset, expected in CHECK_VALUES:
         assert native.uniform(seed, offset) == expected
-    rng = random.Random()
+    rng = random.Random(2024)
     for _ in range(200):
         seed, offset = rng.randrange(2**63), rng.randrange(2**44)
         assert native.uniform(seed, offset) == python_uniform(seed, offset)
@@ -73,8 +73,8 @@ def test_native_extension_is_built_in_ci():
     """CI installs with a C compiler: the fast CPU path must not silently fall back there."""
     import os
 
-    from camdrop_kernels import torch_backend
+    from camdrop_kernels import backends
 
     if os.environ.get("CI") != "true":
         pytest.skip("only checked in CI")
-    assert torch_backend.native_available()
+    assert backends.native_available()

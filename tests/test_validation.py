@@ -10,6 +10,8 @@ cam = torch.randn(2, 5, 6)
 alpha = torch.randn(2, 4)
 
 ENTRY_POINTS = [ck.camdrop, ck.camdrop_mask, reference.camdrop, reference.camdrop_mask]
+x1, cam1, alpha1 = torch.randn(2, 4, 9), torch.randn(2, 9), torch.randn(2, 4)
+x3, cam3, alpha3 = torch.randn(2, 4, 3, 5, 6), torch.randn(2, 3, 5, 6), torch.randn(2, 4)
 
 BAD_CALLS = [
     # (args, kwargs, exception, words the message must contain)
@@ -45,6 +47,14 @@ BAD_CALLS = [
     ((x, cam, alpha), {"seed": 2**63}, ValueError, ["seed", "2**63"]),
     ((x, cam, alpha), {"seed": 1.0}, TypeError, ["seed"]),
     ((x, cam, alpha), {"generator": 5}, TypeError, ["generator"]),
+    ((x, cam, alpha), {"top_pixels": True}, TypeError, ["top_pixels"]),
+    ((x, cam, alpha), {"top_channels": False}, TypeError, ["top_channels"]),
+    ((x, cam, alpha), {"top_pixels": [1]}, TypeError, ["top_pixels"]),
+    ((x, cam, alpha), {"gamma_scale": "2"}, TypeError, ["gamma_scale"]),
+    ((x1, cam1, alpha1), {}, ValueError, ["x", "4-D", "camdrop1d"]),
+    ((x3, cam3, alpha3), {}, ValueError, ["x", "4-D", "camdrop3d"]),
+    ((x, cam, alpha.to(torch.int32)), {}, TypeError, ["alpha"]),
+    ((x.to(torch.complex64), cam, alpha), {}, TypeError, ["x"]),
 ]
 
 
@@ -61,6 +71,24 @@ def test_bad_input_is_named(entry, args, kwargs, exc, words):
 def test_unknown_backend_lists_choices(entry):
     with pytest.raises(ValueError, match="backend.*'auto'.*'torch'.*'triton'"):
         entry(x, cam, alpha, backend="cuda")
+
+
+@pytest.mark.parametrize("fn,args,words", [
+    (ck.camdrop1d, (x, cam, alpha), ["x", "3-D", "(N, C, L)", "camdrop"]),
+    (ck.camdrop3d, (x, cam, alpha), ["x", "5-D", "(N, C, D, H, W)", "camdrop"]),
+    (ck.camdrop1d, (x1, cam1[:, :4], alpha1), ["cam", "resize"]),
+    (ck.camdrop3d, (x3, cam3[:, :, :2], alpha3), ["cam", "resize"]),
+    (ck.camdrop1d_mask, (x1, cam1, alpha1[:, :2]), ["alpha", "(N, C)"]),
+    (ck.camdrop3d_mask, (x3, cam3, alpha3), []),
+])
+def test_other_ranks_are_checked_by_name(fn, args, words):
+    if not words:
+        assert fn(*args, seed=1).shape == args[0].shape
+        return
+    with pytest.raises(ValueError) as info:
+        fn(*args)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
 
 
 def test_training_and_inplace_must_be_bool():
@@ -95,6 +123,12 @@ def test_module_validates_at_construction():
         ck.CamDrop2d(block_shape="round")
     with pytest.raises(ValueError, match="backend"):
         ck.CamDrop2d(backend="cuda")
+    with pytest.raises(TypeError, match="top_pixels"):
+        ck.CamDrop3d(top_pixels=True)
+    layer = ck.CamDrop1d(0.1)
+    with pytest.raises(ValueError, match="drop_prob"):
+        layer.drop_prob = float("nan")
+    assert layer.drop_prob == 0.1
 
 
 def test_channel_importance_errors():
@@ -118,5 +152,5 @@ def test_channel_importance_errors():
 def test_class_activation_map_errors():
     with pytest.raises(ValueError, match="alpha.*channels"):
         ck.class_activation_map(x, torch.randn(2, 5))
-    with pytest.raises(ValueError, match="x must be 4-D"):
-        ck.class_activation_map(x[0], alpha)
+    with pytest.raises(ValueError, match="x must be .N, C, .S."):
+        ck.class_activation_map(x[0, 0], alpha)

@@ -1,0 +1,150 @@
+"""The modules: rate buffer, statistics, copies, DataParallel, odd shapes."""
+import copy
+import pickle
+
+import pytest
+import torch
+
+import camdrop_kernels as ck
+from camdrop_kernels.nn import CamDropNd
+
+from conftest import DEVICE
+
+
+class Net(torch.nn.Module):
+    """conv -> bound CamDrop -> global average pooling -> linear, for any rank."""
+
+    def __init__(self, rank=2, channels=16, classes=10, **kw):
+        super().__init__()
+        conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[rank]
+        layer = {1: ck.CamDrop1d, 2: ck.CamDrop2d, 3: ck.CamDrop3d}[rank]
+        self.rank = rank
+        self.conv = conv(3, channels, 3, padding=1)
+        self.fc = torch.nn.Linear(channels, classes)
+        self.drop = layer(kw.pop("drop_prob", 0.3), 3, classifier=self.fc, **kw)
+
+    def forward(self, x):
+        return self.fc(self.drop(self.conv(x)).flatten(2).mean(2))
+
+
+def batch(rank=2, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S = {1: (32,), 2: (12, 12), 3: (4, 8, 8)}[rank]
+    return torch.randn(n, 3, *S, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_rate_is_a_float64_buffer_outside_the_state_dict():
+    torch.manual_seed(0)
+    net = Net()
+    assert "drop._drop_prob" not in net.state_dict()
+    assert net.drop._drop_prob.dtype == torch.float64
+    net.half()
+    assert net.drop._drop_prob.dtype == torch.float64 and float(net.drop._drop_prob) == 0.3
+    net.to(torch.bfloat16)
+    assert net.drop._drop_prob.item() == 0.3 and net.drop.drop_prob == 0.3
+    ck.set_drop_prob(net, 0.1)
+    assert net.drop._drop_prob.item() == 0.1 and net.drop.drop_prob == 0.1
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_statistics_without_sync(rank):
+    torch.manual_seed(0)
+    net = Net(rank).train()
+    x, y = batch(rank)
+    assert net.drop.last_dropped_fraction is None and "no training batch" in ck.dropped_summary(net)
+    with ck.targets(net, y):
+        net(x)
+    frac = net.drop.last_dropped_fraction
+    assert frac.dim() == 0 and frac.device == net.drop.last_dropped.device
+    assert 0 < float(frac) < 0.3
+    stats = ck.dropped_stats(net)
+    assert set(stats) == {"drop"} and torch.equal(stats["drop"]["fraction"], frac)
+    line = ck.dropped_summary(net)
+    assert line.startswith("camdrop dropped: drop ") and "%" in line
+
+
+def test_saturation_is_reported():
+    torch.manual_seed(0)
+    net = Net(drop_prob=1.0).train()
+    x, y = batch()
+    with ck.targets(net, y):
+        net(x)
+    assert bool(net.drop.saturated)
+    assert "!" in ck.dropped_summary(net) and "saturated" in ck.dropped_summary(net)
+
+
+def test_nested_targets_restore_the_outer_ones():
+    """Regression: leaving an inner `targets` block cleared the outer block's labels."""
+    torch.manual_seed(0)
+    net = Net().train()
+    x, y = batch()
+    _, y2 = batch(seed=1)
+    with ck.targets(net, y):
+        with ck.targets(net, y2):
+            assert net.drop._targets is y2
+        assert net.drop._targets is y
+        net(x)  # the outer labels still guide this forward
+    assert net.drop._targets is None
+
+
+def test_copies_never_carry_labels():
+    """Regression: a deepcopy or pickle made inside the context carried the labels, and later
+    forwards on the copy silently used them."""
+    torch.manual_seed(0)
+    net = Net().train()
+    x, y = batch()
+    with ck.targets(net, y):
+        net(x)
+        twin = copy.deepcopy(net)
+        pickled = pickle.loads(pickle.dumps(net))
+    for m in (twin, pickled):
+        assert m.drop._targets is None and not m.drop._history
+        assert m.drop.classifier is m.fc
+        with pytest.raises(RuntimeError, match="no targets"):
+            m(x)
+
+
+def test_bound_layer_on_zero_channels_returns_x():
+    """Regression: a bound layer on C = 0 raised ZeroDivisionError; the functional API returns x."""
+    fc = torch.nn.Linear(4, 3)
+    layer = ck.CamDrop2d(0.5, 3, classifier=fc).train()
+    x = torch.randn(2, 0, 5, 5)
+    with ck.targets(layer, torch.tensor([0, 1])):
+        assert layer(x) is x
+    assert float(layer.last_dropped_fraction) == 0.0
+
+
+def test_dataparallel_replicas_are_refused_with_a_pointer_to_ddp():
+    """nn.DataParallel on several GPUs hands each replica the whole batch's targets: a bound layer
+    refuses to run as a replica and points to DDP. (Its replicas carry _is_replica.)"""
+    torch.manual_seed(0)
+    net = Net().train()
+    x, y = batch()
+    replica = net._replicate_for_data_parallel()
+    replica.drop = net.drop._replicate_for_data_parallel()
+    with ck.targets(net, y):
+        net.drop._targets, replica.drop._targets = y, y
+        with pytest.raises(RuntimeError, match="DistributedDataParallel"):
+            replica.drop(torch.randn(4, 16, 12, 12))
+    # Explicit guidance needs no targets, so it still runs as a replica.
+    assert replica.drop(torch.randn(2, 16, 5, 5), torch.randn(2, 5, 5), torch.randn(2, 16)).shape == (2, 16, 5, 5)
+
+
+def test_missing_targets_error_and_skip():
+    torch.manual_seed(0)
+    x, _ = batch()
+    with pytest.raises(RuntimeError, match=r"camdrop_kernels.targets\(model, labels\)"):
+        Net().train()(x)
+    skipping = Net(missing_targets="skip").train()
+    plain = copy.deepcopy(skipping)
+    plain.drop = torch.nn.Identity()
+    assert torch.equal(skipping(x), plain(x))
+    assert float(skipping.drop.last_dropped_fraction) == 0.0
+
+
+def test_layers_are_found_and_rank_checked():
+    torch.manual_seed(0)
+    net = Net(3)
+    assert ck.camdrop_layers(net) == [net.drop] and isinstance(net.drop, CamDropNd)
+    with pytest.raises(ValueError, match="5-D"):
+        net.drop.train()(torch.randn(2, 16, 4, 4), torch.randn(2, 4, 4), torch.randn(2, 16))

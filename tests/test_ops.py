@@ -1,0 +1,123 @@
+"""The registered ops: schema/fake checks (opcheck), meta tensors, and torch.compile: fullgraph,
+dynamic shapes, and a drop-rate schedule that never recompiles."""
+import pytest
+import torch
+
+import camdrop_kernels as ck
+from camdrop_kernels import ops, reference
+from camdrop_kernels.options import Options
+
+from conftest import DEVICE
+
+
+def op_args(rank=2, dtype=torch.float32, layout="contiguous", mode="eligible"):
+    g = torch.Generator().manual_seed(1)
+    S = {1: (13,), 2: (6, 7), 3: (3, 4, 5)}[rank]
+    x = torch.randn(2, 8, *S, generator=g, dtype=dtype).to(DEVICE)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    cam = torch.randn(2, *S, generator=g).to(DEVICE)
+    alpha = torch.randn(2, 8, generator=g).to(DEVICE)
+    opts = Options.get(rank, 3, 5, 2, "square", "batch", mode, 1.0)
+    return x, cam, alpha, torch.tensor(12345), torch.tensor(0.7, dtype=torch.float64), opts.key
+
+
+@pytest.mark.parametrize("rank,layout", [(1, "contiguous"), (2, "contiguous"), (2, "channels_last"), (3, "contiguous")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(rank, layout, dtype, backend):
+    args = op_args(rank, dtype, layout)
+    torch.library.opcheck(ops.camdrop_state, args)
+    slots, bits, scale, dropped, rate = ops.camdrop_state(*args)
+    dense = ck.camdrop_mask(*args[:3], 0.7, 3, top_pixels=5, top_channels=2, seed=12345) if rank == 2 else None
+    if dense is not None:
+        assert torch.equal(dropped.cpu(), dense.reshape(2, -1).sum(1).cpu())
+    x = args[0]
+    torch.library.opcheck(ops.camdrop_apply, (x, slots, bits, scale))
+    torch.library.opcheck(ops.camdrop_apply_, (x.clone(), slots, bits, scale))
+
+
+def test_meta_tensors_give_shapes():
+    """Regression: eager calls on meta tensors failed in aten::nonzero."""
+    x = torch.empty(4, 16, 9, 9, device="meta")
+    cam, alpha = torch.empty(4, 9, 9, device="meta"), torch.empty(4, 16, device="meta")
+    y = ck.camdrop(x, cam, alpha, 0.3, 3)
+    assert y.shape == x.shape and y.device.type == "meta"
+    assert ck.camdrop_mask(x, cam, alpha, 0.3, 3).shape == x.shape
+    layer = ck.CamDrop3d(0.2, 3).train()
+    x3 = torch.empty(2, 8, 3, 5, 5, device="meta")
+    assert layer(x3, torch.empty(2, 3, 5, 5, device="meta"), torch.empty(2, 8, device="meta")).shape == x3.shape
+
+
+def test_compile_fullgraph_forward_and_backward(backend):
+    torch._dynamo.reset()
+    x, cam, alpha = op_args()[:3]
+    kw = dict(drop_prob=0.7, block_size=3, seed=99)
+
+    def step(t):
+        return (ck.camdrop(t * 2.0, cam, alpha, **kw) ** 2).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    a = x.clone().requires_grad_()
+    compiled(a).backward()
+    b = x.clone().requires_grad_()
+    (reference.camdrop(b * 2.0, cam.cpu(), alpha.cpu(), **kw) ** 2).sum().backward() if DEVICE == "cpu" else None
+    if DEVICE == "cpu":
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_compile_dynamic_shapes():
+    """Regression: compile(dynamic=True, fullgraph=True) failed in validation, and mark_dynamic on
+    the batch failed (sizes were forced to ints)."""
+    torch._dynamo.reset()
+    layer = ck.CamDrop2d(0.3, 3).train()
+
+    def step(t, cam, alpha):
+        return layer(t, cam, alpha).sum()
+
+    dynamic = torch.compile(step, fullgraph=True, dynamic=True, backend="aot_eager")
+    for n, c, h in ((2, 8, 6), (3, 16, 7), (5, 24, 9)):
+        x = torch.randn(n, c, h, h, requires_grad=True)
+        dynamic(x, torch.randn(n, h, h), torch.randn(n, c)).backward()
+        assert x.grad.shape == x.shape
+    torch._dynamo.reset()
+    marked = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for n in (2, 3, 5):
+        args = (torch.randn(n, 8, 6, 6), torch.randn(n, 6, 6), torch.randn(n, 8))
+        for t in args:
+            torch._dynamo.mark_dynamic(t, 0)
+        assert marked(*args).isfinite()
+
+
+class Net(torch.nn.Module):
+    """conv -> bound CamDrop2d -> global average pooling -> linear (the CAM is exact here)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, classes)
+        self.drop = ck.CamDrop2d(0.0, 3, classifier=self.fc)
+
+    def forward(self, x):
+        return self.fc(self.drop(self.conv(x)).mean((2, 3)))
+
+
+def test_schedule_changes_the_rate_without_recompiling():
+    """Regression: set_drop_prob every step made a fullgraph compiled model fail on the second
+    step (and recompile per value without fullgraph). The rate is a tensor buffer now."""
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    torch.manual_seed(0)
+    model = Net().train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    g = torch.Generator().manual_seed(0)
+    shares = []
+    for step in range(6):
+        ck.set_drop_prob(model, ck.linear_ramp(step, 5, 0.3))
+        x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+        with ck.targets(compiled, y):
+            torch.nn.functional.cross_entropy(compiled(x), y).backward()
+        shares.append(float(model.drop.last_dropped_fraction))
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert shares[0] == 0.0 and shares[-1] > 0.0
