@@ -24,13 +24,10 @@ def run(x: Tensor, cam: Tensor, alpha: Tensor, opts: Options, drop_prob: Tensor,
     ``backend`` is a public name; other than "auto" it applies in eager mode (under
     torch.compile the device's default backend runs: the choice is made when the kernel runs).
     """
-    cam, alpha = cam.detach(), alpha.detach()
     if backend == "auto" or torch.compiler.is_compiling():
-        slots, bits, scale, dropped, rate = ops.build_state(x, cam, alpha, seed, drop_prob, opts)
-        return ops.apply(x, slots, bits, scale, inplace), dropped, rate
+        return ops.forward(x, cam, alpha, seed, drop_prob, opts, inplace)
     with backends.using(backends.public_to_internal(backend, x.device.type)):
-        slots, bits, scale, dropped, rate = ops.build_state(x, cam, alpha, seed, drop_prob, opts)
-        return ops.apply(x, slots, bits, scale, inplace), dropped, rate
+        return ops.forward(x, cam, alpha, seed, drop_prob, opts, inplace)
 
 
 def _prepare(rank, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,

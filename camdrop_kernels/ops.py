@@ -3,6 +3,8 @@
 Ops (``torch.ops.camdrop_kernels``), each with a CPU kernel, a CUDA kernel and a fake (shape)
 kernel that imports nothing from triton:
 
+- ``camdrop(x, cam, alpha, seed, drop_prob, options) -> (y, slots, bits, scale, dropped, rate)``:
+  the whole forward (the state, then the apply) in one call.
 - ``camdrop_state(x, cam, alpha, seed, drop_prob, options) -> (slots, bits, scale, dropped, rate)``:
   SPEC.md steps 1-7, the saved state of ``state.py`` plus per-sample statistics. cam is
   (N, *S); ``seed`` is an int64 and ``drop_prob`` a float64 one-element tensor, on x's device
@@ -11,12 +13,18 @@ kernel that imports nothing from triton:
 - ``camdrop_apply(x, slots, bits, scale) -> y``: step 8, +0.0 where dropped, else x * scale.
 - ``camdrop_apply_(x!, slots, bits, scale)``: the same, written into x.
 
+In eager mode the functions below call the kernel registered for x's device directly (the one
+torch's dispatcher would pick), saving its few microseconds a hop on small tensors; under
+torch.compile, and for meta/fake tensors, they go through the dispatcher.
+
 Every kernel checks what it is handed (dtypes, shapes, devices, contiguity) before any
 backend touches memory; index values are checked by the backends (the native code checks
-them itself; the Triton kernels mask every index they load). Autograd: ``apply`` is linear
-in x for a given state, so :class:`CamDropApply` is the whole autograd story: its backward is
-``camdrop_apply`` on dy with the same state (and therefore its own derivative). Eager calls,
-``torch.compile`` (which traces this Function) and in-place calls all go through it.
+them itself; the Triton kernels mask every index they load). Autograd: for a given state the
+output is linear in x, so the one backward formula is :class:`CamDropApply` on dy with the same
+state (and therefore its own derivative, which gives double backward). :class:`CamDrop` runs
+the fused forward and hands its backward to it; in-place calls build the state, then run
+:class:`CamDropApply` in place. Eager calls and ``torch.compile`` (which traces these
+Functions) take the same path.
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ from .options import Options, words_per_plane
 from .validation import FLOAT_DTYPES as _FLOATS
 
 _lib = torch.library.Library("camdrop_kernels", "DEF")
+_lib.define("camdrop(Tensor x, Tensor cam, Tensor alpha, Tensor seed, Tensor drop_prob, str options) "
+            "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 _lib.define("camdrop_state(Tensor x, Tensor cam, Tensor alpha, Tensor seed, Tensor drop_prob, str options) "
             "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 _lib.define("camdrop_apply(Tensor x, Tensor slots, Tensor bits, Tensor scale) -> Tensor")
@@ -80,14 +90,16 @@ def check_apply_inputs(x, slots, bits, scale) -> None:
     _check_x(x)
     N, C = x.shape[0], x.shape[1]
     words = words_per_plane(math.prod(x.shape[2:]))
-    if not isinstance(slots, Tensor) or slots.dtype != torch.int32 or tuple(slots.shape) != (N, C):
-        _fail(TypeError, f"slots must be an int32 tensor of shape ({N}, {C})")
-    if (not isinstance(bits, Tensor) or bits.dtype != torch.int32 or bits.dim() != 3
-            or bits.shape[0] != N or bits.shape[2] != words):
-        _fail(TypeError, f"bits must be an int32 tensor of shape ({N}, n', {words})")
     cdt = state.compute_dtype(x.dtype)
-    if not isinstance(scale, Tensor) or scale.dtype != cdt or tuple(scale.shape) != (N,):
-        _fail(TypeError, f"scale must be a {cdt} tensor of shape ({N},)")
+    for name, t, dtype in (("slots", slots, torch.int32), ("bits", bits, torch.int32), ("scale", scale, cdt)):
+        if not isinstance(t, Tensor) or t.dtype != dtype:
+            _fail(TypeError, f"{name} must be a {dtype} tensor")
+    if tuple(slots.shape) != (N, C):
+        _fail(ValueError, f"slots must have shape ({N}, {C}); got {tuple(slots.shape)}")
+    if bits.dim() != 3 or bits.shape[0] != N or bits.shape[2] != words:
+        _fail(ValueError, f"bits must have shape ({N}, n', {words}); got {tuple(bits.shape)}")
+    if tuple(scale.shape) != (N,):
+        _fail(ValueError, f"scale must have shape ({N},); got {tuple(scale.shape)}")
     for name, t in (("slots", slots), ("bits", bits), ("scale", scale)):
         if t.device != x.device:
             _fail(ValueError, f"{name} must be on x's device ({x.device}); got {t.device}")
@@ -98,16 +110,66 @@ def check_apply_inputs(x, slots, bits, scale) -> None:
 # ---------------------------------------------------------------------------------------------
 # Kernels, per device (the backend is chosen at run time by the registry)
 # ---------------------------------------------------------------------------------------------
-def _state_kernel(x, cam, alpha, seed, drop_prob, options):
-    opts = check_state_inputs(x, cam, alpha, seed, drop_prob, options)
-    out = state.allocate(x, opts)
-    if x.numel() == 0:
-        return _empty_state(x, out)
-    backends.select(x.device.type).build_state(x, cam, alpha, seed, drop_prob, opts, out)
-    return out
+def _checked_state_inputs(backend, x, cam, alpha, seed, drop_prob, options) -> Options:
+    """The options, after the checks the backend does not do itself. A backend that checks every
+    tensor itself (the native one: ``CHECKS_INPUTS``) only needs x's kind and the options here,
+    to size the outputs; the others get every check."""
+    if getattr(backend, "CHECKS_INPUTS", False):
+        _check_x(x)
+        opts = Options.decode(options)
+        if opts.rank != x.dim() - 2:
+            _fail(ValueError, f"options are for {opts.rank}-D maps but x has {x.dim() - 2} spatial axes")
+        return opts
+    return check_state_inputs(x, cam, alpha, seed, drop_prob, options)
 
 
-def _empty_state(x, out):
+def _kernels(device_type: str):
+    """The op kernels for one device type (registered under its dispatch key)."""
+
+    def forward_kernel(x, cam, alpha, seed, drop_prob, options):
+        backend = backends.select(device_type)
+        opts = _checked_state_inputs(backend, x, cam, alpha, seed, drop_prob, options)
+        y = torch.empty_like(x)
+        out = state.allocate(x, opts)
+        if x.numel() == 0:
+            return (y,) + _empty_state(out)
+        if hasattr(backend, "forward"):  # a fused forward where the backend has one
+            backend.forward(x, cam, alpha, seed, drop_prob, opts, y, out)
+        else:
+            backend.build_state(x, cam, alpha, seed, drop_prob, opts, out)
+            backend.apply(x, y, *out[:3])
+        return (y,) + out
+
+    def state_kernel(x, cam, alpha, seed, drop_prob, options):
+        backend = backends.select(device_type)
+        opts = check_state_inputs(x, cam, alpha, seed, drop_prob, options)  # (not the hot path: every check)
+        out = state.allocate(x, opts)
+        if x.numel() == 0:
+            return _empty_state(out)
+        backend.build_state(x, cam, alpha, seed, drop_prob, opts, out)
+        return out
+
+    def apply_kernel(x, slots, bits, scale):
+        backend = backends.select(device_type)
+        if not getattr(backend, "CHECKS_INPUTS", False):
+            check_apply_inputs(x, slots, bits, scale)
+        y = torch.empty_like(x)
+        if x.numel():
+            backend.apply(x, y, slots, bits, scale)
+        return y
+
+    def apply_inplace_kernel(x, slots, bits, scale):
+        backend = backends.select(device_type)
+        check_apply_inputs(x, slots, bits, scale)
+        if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
+            _fail(ValueError, "x must not have overlapping elements (an expanded tensor) to be written in place")
+        if x.numel():
+            backend.apply(x, x, slots, bits, scale)
+
+    return forward_kernel, state_kernel, apply_kernel, apply_inplace_kernel
+
+
+def _empty_state(out):
     """An empty x drops nothing: every slot -1, scale 1 (0 elements kept of 0 is not a division)."""
     slots, bits, scale, dropped, rate = out
     slots.fill_(-1)
@@ -118,26 +180,27 @@ def _empty_state(x, out):
     return out
 
 
-def _apply_kernel(x, slots, bits, scale):
-    check_apply_inputs(x, slots, bits, scale)
-    y = torch.empty_like(x)
-    if x.numel():
-        backends.select(x.device.type).apply(x, y, slots, bits, scale)
-    return y
+_KERNELS = {"cpu": _kernels("cpu"), "cuda": _kernels("cuda")}
+for _key, _device in (("CPU", "cpu"), ("CUDA", "cuda")):
+    for _name, _kernel in zip(("camdrop", "camdrop_state", "camdrop_apply", "camdrop_apply_"), _KERNELS[_device]):
+        _lib.impl(_name, _kernel, _key)
 
 
-def _apply_inplace_kernel(x, slots, bits, scale):
-    check_apply_inputs(x, slots, bits, scale)
-    if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
-        _fail(ValueError, "x must not have overlapping elements (an expanded tensor) to be written in place")
-    if x.numel():
-        backends.select(x.device.type).apply(x, x, slots, bits, scale)
+def _eager_kernels(x: Tensor):
+    """In eager mode, the kernels torch's dispatcher would pick for x's device, to call them without
+    its few microseconds a hop (None: go through the dispatcher: meta/fake tensors, torch.compile)."""
+    if torch.compiler.is_compiling():
+        return None
+    if x.is_cpu:
+        return _KERNELS["cpu"]
+    if x.is_cuda:
+        return _KERNELS["cuda"]
+    return None
 
 
-for _key in ("CPU", "CUDA"):
-    _lib.impl("camdrop_state", _state_kernel, _key)
-    _lib.impl("camdrop_apply", _apply_kernel, _key)
-    _lib.impl("camdrop_apply_", _apply_inplace_kernel, _key)
+@torch.library.register_fake("camdrop_kernels::camdrop")
+def _forward_fake(x, cam, alpha, seed, drop_prob, options):
+    return (torch.empty_like(x),) + state.allocate(x, check_state_inputs(x, cam, alpha, seed, drop_prob, options))
 
 
 @torch.library.register_fake("camdrop_kernels::camdrop_state")
@@ -156,6 +219,7 @@ def _apply_inplace_fake(x, slots, bits, scale):
     check_apply_inputs(x, slots, bits, scale)
 
 
+camdrop_forward = torch.ops.camdrop_kernels.camdrop.default
 camdrop_state = torch.ops.camdrop_kernels.camdrop_state.default
 camdrop_apply = torch.ops.camdrop_kernels.camdrop_apply.default
 camdrop_apply_ = torch.ops.camdrop_kernels.camdrop_apply_.default
@@ -171,11 +235,12 @@ class CamDropApply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, slots: Tensor, bits: Tensor, scale: Tensor, inplace: bool) -> Tensor:
         ctx.save_for_backward(slots, bits, scale)
+        kernels = _eager_kernels(x)
         if inplace:
-            camdrop_apply_(x, slots, bits, scale)
+            (kernels[3] if kernels else camdrop_apply_)(x, slots, bits, scale)
             ctx.mark_dirty(x)
             return x
-        return camdrop_apply(x, slots, bits, scale)
+        return (kernels[2] if kernels else camdrop_apply)(x, slots, bits, scale)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -183,17 +248,48 @@ class CamDropApply(torch.autograd.Function):
         return CamDropApply.apply(dy, slots, bits, scale, False), None, None, None, None
 
 
-def apply(x: Tensor, slots: Tensor, bits: Tensor, scale: Tensor, inplace: bool = False) -> Tensor:
-    """Step 8 with autograd where x takes part in it (the op alone where it does not)."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return CamDropApply.apply(x, slots, bits, scale, inplace)
-    if inplace:
-        camdrop_apply_(x, slots, bits, scale)
-        return x
-    return camdrop_apply(x, slots, bits, scale)
+class CamDrop(torch.autograd.Function):
+    """The fused forward (state + apply in one op); the backward is :class:`CamDropApply` on dy."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cam: Tensor, alpha: Tensor, seed: Tensor, drop_prob: Tensor, options: str):
+        y, slots, bits, scale, dropped, rate = _forward(x, cam, alpha, seed, drop_prob, options)
+        ctx.save_for_backward(slots, bits, scale)
+        ctx.mark_non_differentiable(dropped, rate)
+        return y, dropped, rate
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, _dropped, _rate):
+        slots, bits, scale = ctx.saved_tensors
+        return CamDropApply.apply(dy, slots, bits, scale, False), None, None, None, None, None
+
+
+def _forward(x, cam, alpha, seed, drop_prob, options):
+    kernels = _eager_kernels(x)
+    return (kernels[0] if kernels else camdrop_forward)(x, cam, alpha, seed, drop_prob, options)
 
 
 def build_state(x: Tensor, cam: Tensor, alpha: Tensor, seed: Tensor, drop_prob: Tensor,
                 opts: Options) -> Tuple[Tensor, ...]:
-    """(slots, bits, scale, dropped, rate) for validated inputs (cam (N, *S), detached)."""
-    return camdrop_state(x.detach(), cam, alpha, seed, drop_prob, opts.key)
+    """(slots, bits, scale, dropped, rate) for validated inputs (cam (N, *S))."""
+    kernels = _eager_kernels(x)
+    return (kernels[1] if kernels else camdrop_state)(x.detach(), cam.detach(), alpha.detach(), seed, drop_prob,
+                                                     opts.key)
+
+
+def forward(x: Tensor, cam: Tensor, alpha: Tensor, seed: Tensor, drop_prob: Tensor, opts: Options,
+            inplace: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """(y, dropped, rate) for validated inputs (cam (N, *S)), with autograd where x takes part."""
+    cam, alpha = cam.detach(), alpha.detach()
+    grad = torch.is_grad_enabled() and x.requires_grad
+    if inplace:
+        slots, bits, scale, dropped, rate = build_state(x, cam, alpha, seed, drop_prob, opts)
+        if grad:
+            return CamDropApply.apply(x, slots, bits, scale, True), dropped, rate
+        kernels = _eager_kernels(x)
+        (kernels[3] if kernels else camdrop_apply_)(x, slots, bits, scale)
+        return x, dropped, rate
+    if grad:
+        return CamDrop.apply(x, cam, alpha, seed, drop_prob, opts.key)
+    y, _, _, _, dropped, rate = _forward(x, cam, alpha, seed, drop_prob, opts.key)
+    return y, dropped, rate

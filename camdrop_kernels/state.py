@@ -37,14 +37,17 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def allocate(x: torch.Tensor, opts: Options) -> Tuple[torch.Tensor, ...]:
     """Uninitialised (slots, bits, scale, dropped, rate) for x: what every backend fills and what
     the fake (shape) kernels return. Works on symbolic sizes."""
-    N, C = x.shape[0], x.shape[1]
-    P = math.prod(x.shape[2:])
+    shape = x.shape
+    N, C = shape[0], shape[1]
+    P = math.prod(shape[2:])
+    device = x.device
+    i32, f32 = torch.int32, torch.float32
     return (
-        x.new_empty((N, C), dtype=torch.int32),
-        x.new_empty((N, opts.num_top_channels(C), words_per_plane(P)), dtype=torch.int32),
-        x.new_empty((N,), dtype=compute_dtype(x.dtype)),
-        x.new_empty((N,), dtype=torch.int64),
-        x.new_empty((N,), dtype=torch.float32),
+        torch.empty(N, C, dtype=i32, device=device),
+        torch.empty(N, opts.num_top_channels(C), words_per_plane(P), dtype=i32, device=device),
+        torch.empty(N, dtype=torch.float64 if x.dtype == torch.float64 else f32, device=device),
+        torch.empty(N, dtype=torch.int64, device=device),
+        torch.empty(N, dtype=f32, device=device),
     )
 
 

@@ -119,3 +119,9 @@ def apply(x, y, slots, bits, scale) -> None:
         raise ValueError("camdrop_kernels op: slots must hold -1 or a plane index of bits")
     mask = state.dense_mask(slots, bits, tuple(x.shape[2:]))
     y.masked_fill_(mask, 0.0)
+
+
+def forward(x, cam, alpha, seed, drop_prob, opts: Options, y, out) -> None:
+    """Steps 1-8: the state into ``out``, then y."""
+    build_state(x, cam, alpha, seed, drop_prob, opts, out)
+    apply(x, y, *out[:3])

@@ -45,18 +45,30 @@ def check_floating_tensor(name: str, value) -> torch.Tensor:
 
 
 def check_inputs(rank: int, x, cam, alpha) -> torch.Tensor:
-    """Check x, cam and alpha against each other; return cam as an (N, *S) view."""
-    check_floating_tensor("x", x)
+    """Check x, cam and alpha against each other; return cam as an (N, *S) view. (Written for speed:
+    it runs on every call, so it compares torch.Size objects and devices, and builds messages only
+    on failure.)"""
+    if not (isinstance(x, torch.Tensor) and isinstance(cam, torch.Tensor) and isinstance(alpha, torch.Tensor)
+            and x.dtype in FLOAT_DTYPES and cam.dtype in FLOAT_DTYPES and alpha.dtype in FLOAT_DTYPES):
+        for name, t in (("x", x), ("cam", cam), ("alpha", alpha)):
+            check_floating_tensor(name, t)
     if x.dim() != rank + 2:
         other = x.dim() - 2
         hint = f" (for {other}-D maps use {_FUNCTION_NAMES[other]})" if other in _FUNCTION_NAMES else ""
         raise ValueError(f"x must be {rank + 2}-D {_SPATIAL_NAMES[rank]}; got shape {tuple(x.shape)}{hint}")
-    check_floating_tensor("cam", cam)
-    check_floating_tensor("alpha", alpha)
-    N, C = x.shape[0], x.shape[1]
-    spatial = tuple(x.shape[2:])
+    shape = x.shape
     if cam.dim() == rank + 2 and cam.shape[1] == 1:
         cam = cam.squeeze(1)
+    if cam.shape != shape[:1] + shape[2:] or alpha.shape != shape[:2] or cam.device != x.device \
+            or alpha.device != x.device:
+        _explain_inputs(rank, x, cam, alpha)
+    return cam
+
+
+def _explain_inputs(rank, x, cam, alpha):
+    """The error for inputs that do not fit together, naming the argument and what was expected."""
+    N, C = x.shape[0], x.shape[1]
+    spatial = tuple(x.shape[2:])
     if cam.dim() != rank + 1 or cam.shape[0] != N:
         want = ", ".join(map(str, (N,) + spatial))
         raise ValueError(f"cam must have shape {_CAM_NAMES[rank]} or with a channel axis of 1 = ({want}) for x of "
@@ -70,7 +82,6 @@ def check_inputs(rank: int, x, cam, alpha) -> torch.Tensor:
     for name, t in (("cam", cam), ("alpha", alpha)):
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all tensors must share a device")
-    return cam
 
 
 def check_probability(name: str, value) -> float:

@@ -351,10 +351,6 @@ static void philox_batch(uint64_t seed, const uint64_t *offsets, float *out, int
 /* ------------------------------------------------------------------------------------------ */
 /* Ranking (SPEC.md steps 1-2): larger first, NaN as -inf, -0.0 == +0.0, ties to lower index    */
 /* ------------------------------------------------------------------------------------------ */
-static double rank_key(double v) {
-    if (v != v) return -INFINITY; /* NaN ranks as -inf */
-    return v + 0.0;               /* -0.0 + 0.0 == +0.0 */
-}
 
 static double read_float(const char *base, int type, int64_t k) {
     switch (type) {
@@ -393,73 +389,154 @@ static double read_float(const char *base, int type, int64_t k) {
     }
 }
 
-/* key[k] = rank_key(row[k]) for k < n: the dtype switch once per row, not per element. */
-static void row_keys(const char *base, int type, int64_t start, int64_t n, double *key) {
+/* An unsigned integer that orders like the ranking key: NaN as -inf, -0.0 as +0.0, then the IEEE
+   bits with every bit flipped for negatives and the sign bit flipped for the rest (branch-free).
+   float16/bfloat16/float32 rows use 32-bit keys of their exact float32 values; float64 64-bit. */
+static inline uint64_t order_key64(double v) {
+    v = v != v ? -INFINITY : v + 0.0;
+    uint64_t u;
+    memcpy(&u, &v, 8);
+    uint64_t neg = (uint64_t)((int64_t)u >> 63);
+    return u ^ (neg | ((uint64_t)1 << 63));
+}
+
+static inline uint64_t order_key32(uint32_t u) {
+    u = (u & 0x7FFFFFFFu) > 0x7F800000u ? 0xFF800000u : u; /* NaN -> -inf */
+    u = u == 0x80000000u ? 0u : u;                        /* -0.0 -> +0.0 */
+    uint32_t neg = (uint32_t)((int32_t)u >> 31);
+    return u ^ (neg | 0x80000000u);
+}
+
+/* key[k] = the order key of row[k] for k < n: the dtype switch once per row; returns the key width. */
+static int row_keys(const char *base, int type, int64_t start, int64_t n, uint64_t *key) {
     switch (type) {
     case T_F32: {
-        const float *v = (const float *)base + start;
+        const uint32_t *v = (const uint32_t *)base + start;
+        for (int64_t k = 0; k < n; ++k) key[k] = order_key32(v[k]);
+        return 32;
+    }
+    case T_BF16: {
+        const uint16_t *v = (const uint16_t *)base + start;
+        for (int64_t k = 0; k < n; ++k) key[k] = order_key32((uint32_t)v[k] << 16);
+        return 32;
+    }
+    case T_F16: {
         for (int64_t k = 0; k < n; ++k) {
-            double d = v[k];
-            key[k] = d != d ? -INFINITY : d + 0.0;
+            float f = (float)read_float(base, type, start + k);
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            key[k] = order_key32(u);
         }
-        break;
+        return 32;
     }
-    case T_F64: {
+    default: {
         const double *v = (const double *)base + start;
-        for (int64_t k = 0; k < n; ++k) key[k] = v[k] != v[k] ? -INFINITY : v[k] + 0.0;
-        break;
+        for (int64_t k = 0; k < n; ++k) key[k] = order_key64(v[k]);
+        return 64;
     }
-    default:
-        for (int64_t k = 0; k < n; ++k) key[k] = rank_key(read_float(base, type, start + k));
     }
 }
 
-/* heap[a] ranks above heap[b]: a larger key, or an equal key at a lower index. */
-#define BETTER(ka, ia, kb, ib) ((ka) > (kb) || ((ka) == (kb) && (ia) < (ib)))
+#define DIGIT(key, shift) ((int)(((key) >> (shift)) & 255))
 
-/* Sift heap[c] down. keep_best: the top is the worst kept entry (a min-heap in rank order);
-   otherwise the top is the best entry (a max-heap). Counts comparisons in *cmp. */
-static void sift_down(int64_t *heap, int64_t size, int64_t c, const double *key, int keep_best, uint64_t *cmp) {
-    for (;;) {
-        int64_t l = 2 * c + 1, r = l + 1, m = c;
-        if (keep_best) {
-            if (l < size && (++*cmp, BETTER(key[heap[m]], heap[m], key[heap[l]], heap[l]))) m = l;
-            if (r < size && (++*cmp, BETTER(key[heap[m]], heap[m], key[heap[r]], heap[r]))) m = r;
-        } else {
-            if (l < size && (++*cmp, BETTER(key[heap[l]], heap[l], key[heap[m]], heap[m]))) m = l;
-            if (r < size && (++*cmp, BETTER(key[heap[r]], heap[r], key[heap[m]], heap[m]))) m = r;
+/* A heap of the n best entries so far, its worst on top (fed in index order, so an entry that
+   only ties the top never displaces it): O(L log n) comparisons in the worst case, and about L
+   when n is much smaller than L, since nearly every entry then fails one comparison. */
+static void top_n_heap(const uint64_t *key, int64_t L, int64_t n, int64_t *heap, uint8_t *mark, uint64_t *visits) {
+#define WORSE(a, b) (key[a] < key[b] || (key[a] == key[b] && (a) > (b)))
+    for (int64_t k = 0; k < L; ++k) {
+        int64_t c;
+        if (k < n) { /* grow: sift the new entry up */
+            heap[k] = k;
+            for (c = k; c > 0 && WORSE(heap[c], heap[(c - 1) / 2]); c = (c - 1) / 2) {
+                int64_t t = heap[c]; heap[c] = heap[(c - 1) / 2]; heap[(c - 1) / 2] = t;
+                ++*visits;
+            }
+            continue;
         }
-        if (m == c) return;
-        int64_t t = heap[c]; heap[c] = heap[m]; heap[m] = t;
-        c = m;
+        ++*visits;
+        if (!(key[k] > key[heap[0]])) continue; /* a tie with the top loses: its index is larger */
+        heap[0] = k;
+        for (c = 0;;) { /* sift down */
+            int64_t l = 2 * c + 1, r = l + 1, m = c;
+            if (l < n && WORSE(heap[l], heap[m])) m = l;
+            if (r < n && WORSE(heap[r], heap[m])) m = r;
+            ++*visits;
+            if (m == c) break;
+            int64_t t = heap[c]; heap[c] = heap[m]; heap[m] = t;
+            c = m;
+        }
     }
+#undef WORSE
+    memset(mark, 0, (size_t)L);
+    for (int64_t k = 0; k < n; ++k) mark[heap[k]] = 1;
 }
 
-/* Marks (1 = selected) the n top entries of key[0..L) (1 <= n <= L). O(L log k) comparisons in
-   the worst case, k = min(n, L - n): a heap of the k best (or of the L - n worst, whose
-   complement is the answer), fed in index order so that a tie never displaces an earlier
-   entry. No input makes it quadratic. ``heap`` holds L indices. */
-static void top_n(const double *key, int64_t L, int64_t n, int64_t *heap, uint8_t *mark, uint64_t *cmp) {
+/* Marks (1 = selected) the n top entries of key[0..L) (1 <= n <= L): larger keys first, equal
+   keys in index order. Radix select, most significant byte first: a 256-bin histogram of the
+   current byte over the candidates tells which byte value b holds the n-th entry; entries above
+   b are in, entries at b stay candidates (in index order) for the next byte, whose histogram is
+   counted while they are kept. At most eight passes over shrinking candidate lists, so O(8 L)
+   in the worst case (all keys equal) whatever the input: no input makes it quadratic.
+   ``cand`` holds L indices; *visits counts element visits (for the tests). */
+static void top_n(const uint64_t *key, int bits, int64_t L, int64_t n, int64_t *cand, uint8_t *mark,
+                  uint64_t *visits) {
+    const int top = bits - 8;
     if (n >= L) {
         memset(mark, 1, (size_t)L);
         return;
     }
-    const int keep_best = n <= L - n;
-    const int64_t size = keep_best ? n : L - n;
-    /* Build the heap on the first `size` entries (Floyd), then stream the rest. */
-    for (int64_t k = 0; k < size; ++k) heap[k] = k;
-    for (int64_t c = size / 2 - 1; c >= 0; --c) sift_down(heap, size, c, key, keep_best, cmp);
-    for (int64_t k = size; k < L; ++k) {
-        ++*cmp;
-        /* k is after every heap entry in index order, so ties go against it. */
-        int enter = keep_best ? key[k] > key[heap[0]] : key[k] <= key[heap[0]];
-        if (enter) {
-            heap[0] = k;
-            sift_down(heap, size, 0, key, keep_best, cmp);
-        }
+    if (32 * n <= L) { /* few winners: the heap touches each entry about once */
+        top_n_heap(key, L, n, cand, mark, visits);
+        return;
     }
-    memset(mark, keep_best ? 0 : 1, (size_t)L);
-    for (int64_t k = 0; k < size; ++k) mark[heap[k]] = (uint8_t)keep_best;
+    memset(mark, 0, (size_t)L);
+    int64_t hist[256] = {0}, h4[4][256] = {{0}};
+    for (int64_t k = 0; k + 4 <= L; k += 4) { /* four sub-histograms: no chain of increments on one bin */
+        h4[0][DIGIT(key[k], top)]++;
+        h4[1][DIGIT(key[k + 1], top)]++;
+        h4[2][DIGIT(key[k + 2], top)]++;
+        h4[3][DIGIT(key[k + 3], top)]++;
+    }
+    for (int64_t k = L & ~(int64_t)3; k < L; ++k) h4[0][DIGIT(key[k], top)]++;
+    for (int d = 0; d < 256; ++d) hist[d] = h4[0][d] + h4[1][d] + h4[2][d] + h4[3][d];
+    *visits += (uint64_t)L;
+    int64_t m = L, need = n;
+    for (int shift = top; shift >= 0; shift -= 8) {
+        int b = 255;
+        int64_t above = 0;
+        while (above + hist[b] < need) above += hist[b--]; /* hist sums to m >= need: b stays >= 0 */
+        int64_t kept = 0;
+        int64_t next[256] = {0};
+        const int nshift = shift > 0 ? shift - 8 : 0;
+        if (shift == top) { /* the first pass reads every entry */
+            for (int64_t k = 0; k < L; ++k) {
+                int d = DIGIT(key[k], shift);
+                mark[k] = d > b;
+                if (d == b) {
+                    cand[kept++] = k;
+                    next[DIGIT(key[k], nshift)]++;
+                }
+            }
+        } else {
+            for (int64_t t = 0; t < m; ++t) {
+                int64_t k = cand[t];
+                int d = DIGIT(key[k], shift);
+                if (d > b) mark[k] = 1;
+                else if (d == b) { /* in place: kept <= t */
+                    cand[kept++] = k;
+                    next[DIGIT(key[k], nshift)]++;
+                }
+            }
+        }
+        *visits += (uint64_t)m;
+        m = kept;
+        need -= above;
+        if (need == m || shift == 0) break; /* every remaining candidate is in, or they all share one key */
+        memcpy(hist, next, sizeof(hist));
+    }
+    /* The remaining candidates share one key (or all are needed): the first `need` in index order. */
+    for (int64_t t = 0; t < need; ++t) mark[cand[t]] = 1;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -574,7 +651,6 @@ typedef struct {
     float *rate;
     char *scratch;     /* per thread */
     size_t scratch_bytes;
-    uint64_t cmp;      /* comparisons (thread 0 only; for the tests) */
 } BuildCtx;
 
 static void build_body(void *p, int64_t begin, int64_t end, int tid) {
@@ -582,7 +658,7 @@ static void build_body(void *p, int64_t begin, int64_t end, int tid) {
     const Geometry *g = b->g;
     const int64_t C = b->C, P = g->P, longest = P > C ? P : C;
     char *s = b->scratch + (size_t)tid * b->scratch_bytes;
-    double *key = (double *)s;
+    uint64_t *key = (uint64_t *)s;
     int64_t *heap = (int64_t *)(key + longest);
     int64_t *elig = heap + longest;
     uint64_t *offs = (uint64_t *)(elig + P);
@@ -591,14 +667,14 @@ static void build_body(void *p, int64_t begin, int64_t end, int tid) {
     uint64_t cmp = 0;
     for (int64_t i = begin; i < end; ++i) {
         /* Step 2: the top channels, numbered in ascending channel order. */
-        row_keys(b->alpha, b->alpha_type, i * C, C, key);
-        top_n(key, C, b->n_chan, heap, mark, &cmp);
+        int bits = row_keys(b->alpha, b->alpha_type, i * C, C, key);
+        top_n(key, bits, C, b->n_chan, heap, mark, &cmp);
         int32_t *slot = b->slots + i * C;
         int64_t j = 0;
         for (int64_t c = 0; c < C; ++c) slot[c] = mark[c] ? (int32_t)j++ : -1;
         /* Step 1 and 3: the top pixels that are valid centres (S_i ∩ V), ascending. */
-        row_keys(b->cam, b->cam_type, i * P, P, key);
-        top_n(key, P, b->n_pix, heap, mark, &cmp);
+        bits = row_keys(b->cam, b->cam_type, i * P, P, key);
+        top_n(key, bits, P, b->n_pix, heap, mark, &cmp);
         int64_t m = 0;
         for (int64_t q = 0; q < P; ++q) {
             if (!mark[q]) continue;
@@ -671,7 +747,6 @@ static void build_body(void *p, int64_t begin, int64_t end, int tid) {
         }
         b->dropped[i] = count;
     }
-    if (tid == 0) b->cmp = cmp;
 }
 
 static double read_scalar_f64(const View *v) {
@@ -680,14 +755,10 @@ static double read_scalar_f64(const View *v) {
     return d;
 }
 
-static PyObject *py_build(PyObject *self, PyObject *args) {
-    PyObject *o_cam, *o_alpha, *o_seed, *o_p, *o_slots, *o_bits, *o_scale, *o_dropped, *o_rate;
-    long long block_size, diamond, n_pix, n_chan, eligible, normalize, threads;
-    double gamma_scale;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOLLLLLdLL", &o_cam, &o_alpha, &o_seed, &o_p, &o_slots, &o_bits, &o_scale,
-                          &o_dropped, &o_rate, &block_size, &diamond, &n_pix, &n_chan, &eligible, &gamma_scale,
-                          &normalize, &threads))
-        return NULL;
+static PyObject *run_build(PyObject *o_cam, PyObject *o_alpha, PyObject *o_seed, PyObject *o_p, PyObject *o_slots,
+                           PyObject *o_bits, PyObject *o_scale, PyObject *o_dropped, PyObject *o_rate,
+                           long long block_size, long long diamond, long long n_pix, long long n_chan,
+                           long long eligible, double gamma_scale, long long normalize, long long threads) {
     View cam, alpha, seed, pv, slots, bits, scale, dropped, rate;
     if (get_view(o_cam, "cam", &cam) || get_view(o_alpha, "alpha", &alpha) || get_view(o_seed, "seed", &seed) ||
         get_view(o_p, "drop_prob", &pv) || get_view(o_slots, "slots", &slots) || get_view(o_bits, "bits", &bits) ||
@@ -738,8 +809,8 @@ static PyObject *py_build(PyObject *self, PyObject *args) {
     const int64_t longest = P > C ? P : C;
     BuildCtx b = {&g, cam.data, alpha.data, cam.type, alpha.type, N, C, n_pix, n_chan, words, (int)eligible,
                   p * gamma_scale, (uint64_t)seed_value, (int32_t *)slots.data, (int32_t *)bits.data,
-                  (int64_t *)dropped.data, (float *)rate.data, NULL, 0, 0};
-    /* key (double) + heap (int64) + mark per entry of the longest row; the eligible list; a batch of offsets and U. */
+                  (int64_t *)dropped.data, (float *)rate.data, NULL, 0};
+    /* key + candidate index + mark per entry of the longest row; the eligible list; a batch of offsets and U. */
     b.scratch_bytes = (size_t)longest * 16 + (size_t)P * 8 + (size_t)BATCH * 12 + (size_t)longest + 64;
     b.scratch_bytes = (b.scratch_bytes + 63) & ~(size_t)63;
     int T = (int)threads;
@@ -874,6 +945,32 @@ static inline void sample_scale(const ApplyCtx *a, int64_t i, double *s64, float
     }
 }
 
+/* +0.0 into n elements at y, y + sy, ... (all-zero bytes are +0.0 in every float type). Typed
+   stores, not memset: runs are short (a block's width), where a call costs more than the stores.
+   (The attribute keeps GCC from turning the loops back into memset calls.) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
+static void zero_run(char *y, int64_t sy, int64_t n, int esize) {
+    switch (esize) {
+    case 2: {
+        uint16_t *p = (uint16_t *)y;
+        for (int64_t k = 0; k < n; ++k) p[k * sy] = 0;
+        break;
+    }
+    case 4: {
+        uint32_t *p = (uint32_t *)y;
+        for (int64_t k = 0; k < n; ++k) p[k * sy] = 0;
+        break;
+    }
+    default: {
+        uint64_t *p = (uint64_t *)y;
+        for (int64_t k = 0; k < n; ++k) p[k * sy] = 0;
+        break;
+    }
+    }
+}
+
 /* Zeroes the dropped elements of one row: bits [f0, f0 + n) of ``plane``, element k at y + k*sy. */
 static void zero_row(const uint32_t *plane, int64_t f0, int64_t n, char *y, int64_t sy, int esize) {
     int64_t b = f0, end = f0 + n;
@@ -897,11 +994,7 @@ static void zero_row(const uint32_t *plane, int64_t f0, int64_t n, char *y, int6
             break;
         }
         int64_t stop = b < end ? b : end;
-        if (sy == 1) {
-            memset(y + (start - f0) * esize, 0, (size_t)((stop - start) * esize)); /* +0.0 in every float type */
-        } else {
-            for (int64_t k = start; k < stop; ++k) memset(y + (k - f0) * sy * esize, 0, (size_t)esize);
-        }
+        zero_run(y + (start - f0) * sy * esize, sy, stop - start, esize);
     }
 }
 
@@ -953,7 +1046,7 @@ static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
             if ((any >> (f & 31)) & 1) {
                 for (int64_t j = 0; j < nc; ++j)
                     if (chan[j] >= 0 && ((planes[j * a->words + k] >> (f & 31)) & 1))
-                        memset(y + chan[j] * a->sy[1] * es, 0, (size_t)es);
+                        zero_run(y + chan[j] * a->sy[1] * es, 1, 1, es);
             }
             if (++w == W) {
                 w = 0;
@@ -966,10 +1059,8 @@ static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
     }
 }
 
-static PyObject *py_apply(PyObject *self, PyObject *args) {
-    PyObject *o_x, *o_y, *o_slots, *o_bits, *o_scale;
-    long long threads;
-    if (!PyArg_ParseTuple(args, "OOOOOL", &o_x, &o_y, &o_slots, &o_bits, &o_scale, &threads)) return NULL;
+static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyObject *o_bits, PyObject *o_scale,
+                           long long threads) {
     ApplyCtx a;
     memset(&a, 0, sizeof(a));
     View slots, bits, scale;
@@ -1052,17 +1143,65 @@ static PyObject *py_apply(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_build(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[9];
+    long long block_size, diamond, n_pix, n_chan, eligible, normalize, threads;
+    double gamma_scale;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOLLLLLdLL", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &block_size, &diamond, &n_pix, &n_chan, &eligible, &gamma_scale, &normalize, &threads))
+        return NULL;
+    return run_build(o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], block_size, diamond, n_pix, n_chan,
+                     eligible, gamma_scale, normalize, threads);
+}
+
+static PyObject *py_apply(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o_x, *o_y, *o_slots, *o_bits, *o_scale;
+    long long threads;
+    if (!PyArg_ParseTuple(args, "OOOOOL", &o_x, &o_y, &o_slots, &o_bits, &o_scale, &threads)) return NULL;
+    return run_apply(o_x, o_y, o_slots, o_bits, o_scale, threads);
+}
+
+/* build, then apply with its state: one call for the common forward. */
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[11];
+    long long block_size, diamond, n_pix, n_chan, eligible, normalize, threads;
+    double gamma_scale;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOLLLLLdLL", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &block_size, &diamond, &n_pix, &n_chan, &eligible, &gamma_scale,
+                          &normalize, &threads))
+        return NULL;
+    View x, cam, alpha; /* cam (N, *S) and alpha (N, C) must fit x (N, C, *S) */
+    if (get_view(o[0], "x", &x) || get_view(o[2], "cam", &cam) || get_view(o[3], "alpha", &alpha)) return NULL;
+    int fits = x.ndim >= 3 && cam.ndim == x.ndim - 1 && alpha.ndim == 2 && cam.shape[0] == x.shape[0] &&
+               alpha.shape[0] == x.shape[0] && alpha.shape[1] == x.shape[1];
+    for (int d = 2; fits && d < x.ndim; ++d) fits = cam.shape[d - 1] == x.shape[d];
+    if (!fits) {
+        PyErr_SetString(PyExc_ValueError, "cam must be (N, *S) and alpha (N, C) for x of shape (N, C, *S)");
+        return NULL;
+    }
+    PyObject *r = run_build(o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10], block_size, diamond, n_pix,
+                            n_chan, eligible, gamma_scale, normalize, threads);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    return run_apply(o[0], o[1], o[6], o[7], o[8], threads);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Test hooks                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 static PyObject *py_uniform(PyObject *self, PyObject *args) {
+    (void)self;
     unsigned long long seed, offset;
     if (!PyArg_ParseTuple(args, "KK", &seed, &offset)) return NULL;
     return PyFloat_FromDouble((double)philox_uniform(seed, offset));
 }
 
-/* top_n(values, n) -> (indices selected, ascending; comparisons made): the ranking, for tests. */
+/* top_n(values, n) -> (indices selected, ascending; element visits made): the ranking, for tests. */
 static PyObject *py_top_n(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *o_v;
     long long n;
     if (!PyArg_ParseTuple(args, "OL", &o_v, &n)) return NULL;
@@ -1072,7 +1211,7 @@ static PyObject *py_top_n(PyObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "values must be a contiguous 1-D float tensor");
     const int64_t L = v.shape[0];
     if (n < 1 || n > L) return PyErr_Format(PyExc_ValueError, "n must be in [1, %lld]", (long long)L);
-    double *key = malloc(sizeof(double) * (size_t)L);
+    uint64_t *key = malloc(sizeof(uint64_t) * (size_t)L + 8);
     int64_t *heap = malloc(sizeof(int64_t) * (size_t)L);
     uint8_t *mark = malloc((size_t)L);
     if (!key || !heap || !mark) {
@@ -1080,8 +1219,8 @@ static PyObject *py_top_n(PyObject *self, PyObject *args) {
         return PyErr_NoMemory();
     }
     uint64_t cmp = 0;
-    for (int64_t k = 0; k < L; ++k) key[k] = rank_key(read_float(v.data, v.type, k));
-    top_n(key, L, n, heap, mark, &cmp);
+    int bits = row_keys(v.data, v.type, 0, L, key);
+    top_n(key, bits, L, n, heap, mark, &cmp);
     PyObject *list = PyList_New(0);
     for (int64_t k = 0; list && k < L; ++k) {
         if (!mark[k]) continue;
@@ -1099,6 +1238,8 @@ static PyObject *py_top_n(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_info(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
     return Py_BuildValue("{s:O,s:O}", "openmp", gomp_parallel ? Py_True : Py_False, "avx2",
                          have_avx2 ? Py_True : Py_False);
 }
@@ -1106,8 +1247,9 @@ static PyObject *py_info(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"build", py_build, METH_VARARGS, "Steps 1-7 of SPEC.md for a batch (see the file's header)."},
     {"apply", py_apply, METH_VARARGS, "Step 8: y = +0.0 where dropped, else x * scale (any strides)."},
+    {"forward", py_forward, METH_VARARGS, "forward(x, y, cam, alpha, seed, p, slots, bits, scale, dropped, rate, ...): build, then apply."},
     {"uniform", py_uniform, METH_VARARGS, "U(seed, offset) of SPEC.md, for tests."},
-    {"top_n", py_top_n, METH_VARARGS, "The ranking of steps 1-2 on one row, with its comparison count (tests)."},
+    {"top_n", py_top_n, METH_VARARGS, "The ranking of steps 1-2 on one row, with its element-visit count (tests)."},
     {"info", py_info, METH_NOARGS, "What this build found: torch's OpenMP pool, AVX2."},
     {NULL, NULL, 0, NULL},
 };

@@ -119,7 +119,7 @@ def test_hostile_state_from_the_issue_is_refused():
         ops.camdrop_apply(x, slots.long(), bits, scale)
     with pytest.raises(ValueError, match="alpha"):
         ops.camdrop_state(x, cam, alpha[:, :1], seed, p, key)
-    with pytest.raises(TypeError, match="bits"):
+    with pytest.raises(ValueError, match="bits"):
         ops.camdrop_apply(x, slots, bits[:, :, :1], scale)
     with pytest.raises(ValueError, match="drop_prob"):
         ops.camdrop_state(x, cam, alpha, seed, torch.tensor(1.5, dtype=torch.float64), key)
