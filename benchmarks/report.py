@@ -9,8 +9,9 @@ import json
 import sys
 from collections import defaultdict
 
-PEERS = ("F.dropout", "timm.drop_block_2d", "timm.drop_block_2d[coupled]", "torchvision.drop_block2d",
-         "naive_camdrop", "reference")
+PEERS = ("F.dropout", "timm.drop_block_2d[coupled]", "timm.drop_block_2d[per channel]", "torchvision.drop_block2d",
+         "torchvision.drop_block3d", "naive_camdrop", "reference")
+CAMDROPS = ("camdrop[eligible]", "camdrop[dropblock]")
 
 
 def device_name() -> str:
@@ -45,20 +46,27 @@ def render(rows, device: str = "") -> list:
         key = g.split("|", 1)[1] if "|" in g else None
         bw_copy = copy_bw.get(key)
         mul = members.get("floor:multiply")
-        cam = members.get("camdrop")
+        cam = members.get("camdrop[eligible]") or members.get("camdrop") or members.get("camdrop (convert_resnet defaults)")
+        base = mul or members.get("plain")
         if bw_copy:
             lines.append(f"  copy bandwidth (read + write): {bw_copy / 1e9:.1f} GB/s")
-        lines.append(f"  {'contender':<30}{'median':>12}{'GB/s':>9}{'% copy':>8}{'x mult':>8}{'/camdrop':>11}")
+        lines.append(f"  {'contender':<34}{'median':>12}{'GB/s':>9}{'% copy':>8}{'x base':>8}{'/camdrop':>10}"
+                     f"{'dropped':>9}")
         for name, r in sorted(members.items(), key=lambda kv: _median(kv[1])):
             t = _median(r)
             nbytes = r["extra_info"].get("bytes", 0)
             gbs = f"{nbytes / t / 1e9:9.1f}" if nbytes else f"{'':>9}"
             pct = f"{100 * nbytes / t / bw_copy:7.0f}%" if nbytes and bw_copy else f"{'':>8}"
-            rmul = f"{t / _median(mul):8.2f}" if mul else f"{'':>8}"
-            speed = f"{t / _median(cam):10.1f}x" if cam and name != "camdrop" else f"{'':>11}"
-            lines.append(f"  {name:<30}{t * 1e3:10.3f}ms{gbs}{pct}{rmul}{speed}")
-        if cam and mul:
+            rmul = f"{t / _median(base):8.2f}" if base else f"{'':>8}"
+            speed = f"{t / _median(cam):9.1f}x" if cam and r is not cam else f"{'':>10}"
+            share = r["extra_info"].get("dropped_share")
+            drop = f"{100 * share:8.2f}%" if share is not None else f"{'':>9}"
+            lines.append(f"  {name:<34}{t * 1e3:10.3f}ms{gbs}{pct}{rmul}{speed}{drop}")
+        if cam and base:
             peers = {p: _median(members[p]) / _median(cam) for p in PEERS if p in members}
+            modes = ", ".join(f"{n.split('[')[1][:-1]} {_median(members[n]) / _median(base):.2f}x "
+                              f"({100 * (members[n]['extra_info'].get('dropped_share') or 0):.2f}% dropped)"
+                              for n in CAMDROPS if n in members)
             share = ""
             mask = [r for n, r in members.items() if n.startswith("mask build")]
             if mask:
@@ -66,7 +74,8 @@ def render(rows, device: str = "") -> list:
             pct = ""
             if bw_copy and cam["extra_info"].get("bytes"):
                 pct = f", {100 * cam['extra_info']['bytes'] / _median(cam) / bw_copy:.0f}% of copy bandwidth"
-            headline.append(f"  {g}: camdrop = {_median(cam) / _median(mul):.2f}x the multiply{pct}{share}"
+            what = modes or f"camdrop {_median(cam) / _median(base):.2f}x"
+            headline.append(f"  {g}: {what} the {'multiply' if mul else 'plain step'}{pct}{share}"
                             + ("; speedup over " if peers else "")
                             + ", ".join(f"{p} {v:.2f}x" for p, v in peers.items()))
     mem = [(r["extra_info"]["contender"], r["group"], r["extra_info"]) for r in rows

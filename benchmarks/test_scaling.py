@@ -2,13 +2,14 @@
 top_channels, beside the bare multiply and the mask build alone, so the mask work's share shows."""
 import pytest
 
-from camdrop_kernels import backends
 import camdrop_kernels as ck
-from camdrop_kernels.config import CamDropConfig
-from camdrop_kernels.philox import make_seed
+from camdrop_kernels import ops
+from camdrop_kernels.options import Options
+from camdrop_kernels.philox import make_seed, rate_tensor
 
 from cases import scaling_dtype, scaling_shapes
 from conftest import make_inputs, timed
+from contenders import dropped_share
 
 TARGET, BATCHES = scaling_shapes()
 DTYPE = scaling_dtype()
@@ -18,18 +19,19 @@ def _run(benchmark, shape, what, group, **kw):
     x, cam, alpha = make_inputs(shape, DTYPE, "contiguous")
     opts = dict(drop_prob=0.1, block_size=7, top_pixels=None, top_channels=None)
     opts.update(kw)
+    share = None
     if what == "camdrop":
         fn = lambda: ck.camdrop(x, cam, alpha, **opts)  # noqa: E731
+        share = dropped_share(fn())
     elif what == "mask build":
-        name = backends.resolve("auto", x)
-        cfg = CamDropConfig.build(shape, opts["drop_prob"], opts["block_size"], opts["top_pixels"],
-                                  opts["top_channels"], "square", "batch", "dropblock", 1.0)
-        module = backends.module(name)
-        fn = lambda: module.build_mask(cam, alpha, make_seed(None, None, x.device), cfg)  # noqa: E731
+        o = Options.get(2, opts["block_size"], opts["top_pixels"], opts["top_channels"], "square", "batch",
+                        "eligible", 1.0)
+        p = rate_tensor(opts["drop_prob"])
+        fn = lambda: ops.build_state(x, cam, alpha, make_seed(None, None, x), p, o)  # noqa: E731
     else:
         fn = lambda: x * 1.25  # noqa: E731
-    timed(benchmark, fn, group=group, info=dict(contender=what, shape=list(shape), dtype=str(DTYPE),
-                                                scaling=group, x_bytes=x.numel() * x.element_size(),
+    timed(benchmark, fn, group=group, info=dict(contender=what, shape=list(shape), dtype=str(DTYPE), scaling=group,
+                                                x_bytes=x.numel() * x.element_size(), dropped_share=share,
                                                 **{"pass": "forward"}, **{k: str(v) for k, v in kw.items()}))
 
 

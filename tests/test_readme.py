@@ -13,7 +13,7 @@ def snippet(name: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("name", ["timm", "torchvision"])
+@pytest.mark.parametrize("name", ["timm", pytest.param("torchvision", marks=pytest.mark.slow)])
 def test_training_snippet_runs(name, capsys):
     pytest.importorskip(name)
     exec(compile(snippet(name), f"README:{name}", "exec"), {"__name__": "__readme__"})

@@ -1,0 +1,61 @@
+"""A real training step: timm resnet18 (CPU: batch 16 at 128x128) or resnet50 (CUDA: batch 128,
+bf16 autocast, channels_last at 224x224), plain against `convert_resnet` defaults against timm's
+own DropBlock (`drop_block_rate=0.1`)."""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import camdrop_kernels as ck
+
+from conftest import DEVICE, SMOKE, timed
+
+timm = pytest.importorskip("timm")
+
+if SMOKE:
+    ARCH, BATCH, SIZE = "resnet18", 2, 32
+elif DEVICE.type == "cuda":
+    ARCH, BATCH, SIZE = "resnet50", 128, 224
+else:
+    ARCH, BATCH, SIZE = "resnet18", 16, 128
+
+
+def _model(kind):
+    torch.manual_seed(0)
+    kw = dict(drop_block_rate=0.1) if kind == "timm drop_block_rate=0.1" else {}
+    model = timm.create_model(ARCH, num_classes=100, **kw)
+    if kind == "camdrop (convert_resnet defaults)":
+        ck.convert_resnet(model, drop_prob=0.1)
+    model = model.to(DEVICE)
+    if DEVICE.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+@pytest.mark.parametrize("kind", ["plain", "camdrop (convert_resnet defaults)", "timm drop_block_rate=0.1"])
+def test_training_step(benchmark, kind):
+    model = _model(kind)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(BATCH, 3, SIZE, SIZE, generator=g).to(DEVICE)
+    if DEVICE.type == "cuda":
+        images = images.to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 100, (BATCH,), generator=g).to(DEVICE)
+
+    def step():
+        with ck.targets(model, labels) if kind.startswith("camdrop") else contextlib.nullcontext():
+            with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=DEVICE.type == "cuda"):
+                loss = F.cross_entropy(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    share = None
+    if kind.startswith("camdrop"):
+        step()
+        layers = ck.camdrop_layers(model)
+        share = sum(float(l.last_dropped_fraction) for l in layers) / len(layers)
+    timed(benchmark, step, group=f"training step | {ARCH} batch {BATCH} at {SIZE}",
+          info=dict(contender=kind, **{"pass": "training step"}, dropped_share=share))
