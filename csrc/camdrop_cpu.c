@@ -887,7 +887,12 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-/* y[k*sy] = x[k*sx] * s for k < n, one rounding to the dtype (float32 math below float64). */
+/* y[k*sy] = x[k*sx] * s for k < n, one rounding to the dtype (float32 math below float64).
+   Built for AVX2 and for the baseline, picked at load time where the toolchain supports it: the
+   multiply is the bulk of the work and torch's own multiply uses the wider vectors too. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 static void scale_run(int type, const char *x, int64_t sx, char *y, int64_t sy, int64_t n, double s64, float s32) {
     switch (type) {
     case T_F32: {
