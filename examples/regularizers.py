@@ -1,0 +1,105 @@
+"""The regularisers the examples compare, behind one interface: a layer with a settable
+``drop_prob`` (times its per-stage ``drop_prob_scale``) and the share of its input it last dropped.
+
+- CamDrop: :class:`camdrop_kernels.CamDrop2d`, bound to the model's classifier.
+- The paper's "average-guided" control, :class:`AverageGuided`: CamDrop steered by the
+  channel-mean map over all channels instead of the CAM over the top channels, i.e. the same
+  block-dropping machinery without the class guidance.
+- DropBlock, :class:`DropBlock`: ``torchvision.ops.drop_block2d`` itself, with the share it drops
+  read from its mask (replayed from the same random state), not from zeros after a ReLU.
+
+Shared by ``evidence.py`` and ``cifar10.py`` (both put this folder on ``sys.path``).
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+import camdrop_kernels as ck
+from camdrop_kernels.nn import CamDropNd
+from camdrop_kernels.viz import dropblock_mask
+
+
+class AverageGuided(ck.CamDrop2d):
+    """CamDrop guided by the channel-mean map with every channel eligible (alpha = 1): the
+    paper's control for "is the class guidance what helps?". Needs no classifier or targets."""
+
+    def __init__(self, drop_prob: float, block_size: int, **options) -> None:
+        super().__init__(drop_prob, block_size, top_channels=1.0, **options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not self.training:
+            return x
+        with torch.no_grad():
+            cam = x.detach().mean(1)
+            alpha = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
+        return super().forward(x, cam, alpha)
+
+
+class DropBlock(nn.Module):
+    """``torchvision.ops.drop_block2d`` as a layer with a settable rate; ``last_dropped_fraction``
+    is the share its mask dropped (a 0-d tensor), read from the mask itself: the mask is rebuilt
+    with :func:`camdrop_kernels.viz.dropblock_mask` from the random state torchvision drew from."""
+
+    def __init__(self, drop_prob: float, block_size: int, drop_prob_scale: float = 1.0) -> None:
+        super().__init__()
+        from torchvision.ops import drop_block2d  # torchvision is a dev/example dependency only
+
+        self._drop_block2d = drop_block2d
+        self.drop_prob = drop_prob
+        self.block_size = block_size
+        self.drop_prob_scale = drop_prob_scale
+        self.last_dropped_fraction = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            if self.training:
+                self.last_dropped_fraction = torch.zeros((), device=x.device)
+            return x
+        size = min(self.block_size, x.shape[-1], x.shape[-2])
+        generator = torch.cuda if x.device.type == "cuda" else torch
+        before = generator.get_rng_state()
+        y = self._drop_block2d(x, self.drop_prob, size)
+        after = generator.get_rng_state()
+        generator.set_rng_state(before)
+        with torch.no_grad():
+            self.last_dropped_fraction = dropblock_mask(x, self.drop_prob, size).float().mean()
+        generator.set_rng_state(after)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}, block_size={self.block_size}"
+
+
+def regularizer_layers(model: nn.Module) -> List[nn.Module]:
+    """Every CamDrop (average-guided included) and DropBlock layer of ``model``."""
+    return [m for m in model.modules() if isinstance(m, (CamDropNd, DropBlock))]
+
+
+def set_rate(model: nn.Module, drop_prob: float) -> None:
+    """Set every regulariser's rate to ``drop_prob`` times its ``drop_prob_scale`` (as
+    :func:`camdrop_kernels.set_drop_prob` does for CamDrop layers alone)."""
+    ck.set_drop_prob(model, drop_prob)
+    for layer in regularizer_layers(model):
+        if isinstance(layer, DropBlock):
+            layer.drop_prob = drop_prob * layer.drop_prob_scale
+
+
+def dropped_share(model: nn.Module) -> torch.Tensor:
+    """Share of the regularised maps dropped in the last training batch, averaged over the layers
+    (a 0-d tensor; 0 when the model has none or no batch ran yet)."""
+    shares = [layer.last_dropped_fraction for layer in regularizer_layers(model)]
+    shares = [s.float() for s in shares if s is not None]
+    return torch.stack(shares).mean() if shares else torch.zeros(())
+
+
+def saturated_share(model: nn.Module) -> torch.Tensor:
+    """Share of the last batch's samples, over the CamDrop layers, whose seed rate reached 1
+    (drop_prob asked for more than the guided region holds); 0 without CamDrop layers."""
+    rates = [layer.last_rate for layer in ck.camdrop_layers(model) if layer.last_rate is not None]
+    if not rates:
+        return torch.zeros(())
+    return torch.stack([(r >= 1.0).float().mean() for r in rates]).mean()
+
