@@ -36,6 +36,7 @@ def _prepare(rank, x, cam, alpha, drop_prob, block_size, top_pixels, top_channel
     opts = Options.get(rank, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode, gamma_scale)
     p = validation.check_probability("drop_prob", drop_prob)
     cam = validation.check_inputs(rank, x, cam, alpha)
+    validation.check_not_transformed(x)
     seed = validation.check_seed(seed)
     generator = validation.check_generator(generator, x.device)
     validation.check_choice("backend", backend, validation.PUBLIC_BACKENDS)
@@ -43,7 +44,11 @@ def _prepare(rank, x, cam, alpha, drop_prob, block_size, top_pixels, top_channel
 
 
 def _rate(p: float) -> Tensor:
-    return torch.tensor(p, dtype=torch.float64) if torch.compiler.is_compiling() else rate_tensor(p)
+    """drop_prob as a float64 tensor (a cached CPU one in plain eager mode; made anew under
+    torch.compile or a dispatch mode such as FakeTensorMode, which must see it created)."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return torch.tensor(p, dtype=torch.float64)
+    return rate_tensor(p)
 
 
 def _functional(rank: int, name: str, doc: str) -> Callable[..., Tensor]:

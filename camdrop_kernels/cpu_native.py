@@ -30,7 +30,7 @@ def _parameters(x, opts: Options) -> tuple:
         if len(_PARAMETERS) > 1024:
             _PARAMETERS.clear()
         _PARAMETERS[key] = params
-    return params + (torch.get_num_threads(),)
+    return params + (min(torch.get_num_threads(), 4096),)
 
 
 def build_state(x, cam, alpha, seed, drop_prob, opts: Options, out) -> None:

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from .validation import check_floating_tensor, is_int
 
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_INT_DTYPES = tuple(getattr(torch, name) for name in ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32",
+                                                      "uint64") if hasattr(torch, name))
 
 
 def channel_importance(weight: torch.Tensor, targets: torch.Tensor, channels: int) -> torch.Tensor:
@@ -34,9 +35,12 @@ def check_targets(weight: torch.Tensor, targets: torch.Tensor) -> None:
         raise TypeError(f"targets must be a torch.Tensor; got {type(targets).__name__}")
     K = weight.shape[0]
     if targets.dim() == 1 and targets.dtype in _INT_DTYPES:
-        if targets.device.type == "cpu" and targets.numel() and (targets.min() < 0 or targets.max() >= K):
-            raise ValueError(f"targets must be class indices in [0, {K}); got values in "
-                             f"[{int(targets.min())}, {int(targets.max())}]")
+        if targets.device.type == "cpu" and targets.numel():
+            # (int64 first: torch has no min/max for uint16/32/64; a uint64 above 2**63 wraps negative, and is refused)
+            wide = targets.to(torch.int64)
+            lo, hi = int(wide.min()), int(wide.max())
+            if lo < 0 or hi >= K:
+                raise ValueError(f"targets must be class indices in [0, {K}); got values in [{lo}, {hi}]")
         return
     if targets.dim() == 2 and targets.is_floating_point():
         if targets.shape[1] != K:

@@ -86,6 +86,15 @@ def check_state_inputs(x, cam, alpha, seed, drop_prob, options) -> Options:
     return opts
 
 
+def _check_values(seed: Tensor, drop_prob: Tensor) -> None:
+    """The seed's and the rate's values, where reading them costs no sync (CPU tensors; the real
+    kernels only: a fake tensor has no value). Device values are clamped in the kernels."""
+    if seed.device.type == "cpu" and int(seed) < 0:
+        _fail(ValueError, "seed must be in [0, 2**63)")
+    if drop_prob.device.type == "cpu" and not 0.0 <= float(drop_prob) <= 1.0:
+        _fail(ValueError, "drop_prob must be in [0, 1]")
+
+
 def check_apply_inputs(x, slots, bits, scale) -> None:
     _check_x(x)
     N, C = x.shape[0], x.shape[1]
@@ -113,14 +122,17 @@ def check_apply_inputs(x, slots, bits, scale) -> None:
 def _checked_state_inputs(backend, x, cam, alpha, seed, drop_prob, options) -> Options:
     """The options, after the checks the backend does not do itself. A backend that checks every
     tensor itself (the native one: ``CHECKS_INPUTS``) only needs x's kind and the options here,
-    to size the outputs; the others get every check."""
-    if getattr(backend, "CHECKS_INPUTS", False):
+    to size the outputs (an empty x, which no backend sees, gets every check); the others get
+    every check."""
+    if getattr(backend, "CHECKS_INPUTS", False) and isinstance(x, Tensor) and x.numel():
         _check_x(x)
         opts = Options.decode(options)
         if opts.rank != x.dim() - 2:
             _fail(ValueError, f"options are for {opts.rank}-D maps but x has {x.dim() - 2} spatial axes")
         return opts
-    return check_state_inputs(x, cam, alpha, seed, drop_prob, options)
+    opts = check_state_inputs(x, cam, alpha, seed, drop_prob, options)
+    _check_values(seed, drop_prob)
+    return opts
 
 
 def _kernels(device_type: str):
@@ -143,6 +155,7 @@ def _kernels(device_type: str):
     def state_kernel(x, cam, alpha, seed, drop_prob, options):
         backend = backends.select(device_type)
         opts = check_state_inputs(x, cam, alpha, seed, drop_prob, options)  # (not the hot path: every check)
+        _check_values(seed, drop_prob)
         out = state.allocate(x, opts)
         if x.numel() == 0:
             return _empty_state(out)
@@ -165,6 +178,9 @@ def _kernels(device_type: str):
             _fail(ValueError, "x must not have overlapping elements (an expanded tensor) to be written in place")
         if x.numel():
             backend.apply(x, x, slots, bits, scale)
+        # As torch's in-place ops do: a tensor autograd saved and that this call changed fails loudly
+        # in backward instead of giving wrong gradients.
+        torch.autograd.graph.increment_version(x)
 
     return forward_kernel, state_kernel, apply_kernel, apply_inplace_kernel
 
@@ -187,9 +203,12 @@ for _key, _device in (("CPU", "cpu"), ("CUDA", "cuda")):
 
 
 def _eager_kernels(x: Tensor):
-    """In eager mode, the kernels torch's dispatcher would pick for x's device, to call them without
-    its few microseconds a hop (None: go through the dispatcher: meta/fake tensors, torch.compile)."""
-    if torch.compiler.is_compiling():
+    """In eager mode, for a plain tensor and no active torch mode, the kernels torch's dispatcher
+    would pick for x's device, to call them without its few microseconds a hop. None (go through
+    the dispatcher) for tensor subclasses (fake tensors, DTensor, ...), under dispatch or function
+    modes, for meta tensors, and under torch.compile."""
+    if (type(x) is not Tensor or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled()):
         return None
     if x.is_cpu:
         return _KERNELS["cpu"]
@@ -262,6 +281,32 @@ class CamDrop(torch.autograd.Function):
     def backward(ctx, dy: Tensor, _dropped, _rate):
         slots, bits, scale = ctx.saved_tensors
         return CamDropApply.apply(dy, slots, bits, scale, False), None, None, None, None, None
+
+
+def _setup_forward(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:4])
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _backward_forward(ctx, dy, *_):
+    slots, bits, scale = ctx.saved_tensors
+    return (None if dy is None else CamDropApply.apply(dy, slots, bits, scale, False),) + (None,) * 5
+
+
+def _setup_apply(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[1:4])
+
+
+def _backward_apply(ctx, dy):
+    slots, bits, scale = ctx.saved_tensors
+    return CamDropApply.apply(dy, slots, bits, scale, False), None, None, None
+
+
+# The ops called directly (torch.ops.camdrop_kernels.camdrop / camdrop_apply) are differentiable
+# too, with the same backward: the apply on dy. (The in-place op is differentiable through
+# CamDropApply, which marks x dirty; torch cannot attach a formula to a mutating op.)
+torch.library.register_autograd("camdrop_kernels::camdrop", _backward_forward, setup_context=_setup_forward)
+torch.library.register_autograd("camdrop_kernels::camdrop_apply", _backward_apply, setup_context=_setup_apply)
 
 
 def _forward(x, cam, alpha, seed, drop_prob, options):

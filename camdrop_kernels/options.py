@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
+
+import torch
 
 from . import validation
 
@@ -62,18 +64,36 @@ class Options:
     normalize: str
     gamma_mode: str
     gamma_scale: float
+    key: str = field(init=False, repr=False, compare=False)
 
     @staticmethod
     def get(rank: int, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode,
             gamma_scale) -> "Options":
-        """The validated options for these arguments (cached by value *and* type)."""
-        key = (rank, block_size, top_pixels, type(top_pixels), top_channels, type(top_channels), block_shape,
-               normalize, gamma_mode, gamma_scale, type(gamma_scale))
+        """The validated options for these arguments (cached by value *and* type; torch.compile
+        traces the validation itself, once per compiled call site, and never the cache)."""
+        if torch.compiler.is_compiling():
+            return Options._build(rank, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode,
+                                  gamma_scale)
+        key = (rank, block_size, type(block_size), top_pixels, type(top_pixels), top_channels, type(top_channels),
+               block_shape, normalize, gamma_mode, gamma_scale, type(gamma_scale))
         try:
             return _CACHE[key]
         except (KeyError, TypeError):  # TypeError: an unhashable argument; validation names it
             pass
-        opts = Options(
+        opts = Options._build(rank, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode,
+                              gamma_scale)
+        if len(_CACHE) >= 4096:
+            _CACHE.clear()
+        if len(_DECODED) >= 4096:
+            _DECODED.clear()
+        _CACHE[key] = opts
+        _DECODED[opts.key] = opts
+        return opts
+
+    @staticmethod
+    def _build(rank, block_size, top_pixels, top_channels, block_shape, normalize, gamma_mode,
+               gamma_scale) -> "Options":
+        return Options(
             rank=rank,
             block_size=min(validation.check_block_size(block_size), BLOCK_SIZE_LIMIT),
             top_pixels=validation.check_top("top_pixels", top_pixels),
@@ -83,17 +103,16 @@ class Options:
             gamma_mode=validation.check_choice("gamma_mode", gamma_mode, GAMMA_MODES),
             gamma_scale=validation.check_gamma_scale(gamma_scale),
         )
-        if len(_CACHE) >= 4096:
-            _CACHE.clear()
-        _CACHE[key] = opts
-        _DECODED[opts.key] = opts
-        return opts
 
-    @functools.cached_property
-    def key(self) -> str:
-        """The options as one string (what the op schema carries); ``Options.decode`` inverts it."""
-        return "|".join((str(self.rank), str(self.block_size), _top_str(self.top_pixels), _top_str(self.top_channels),
-                         self.block_shape, self.normalize, self.gamma_mode, repr(self.gamma_scale)))
+    def __post_init__(self):
+        # The options as one string (what the op schema carries; ``Options.decode`` inverts it).
+        # Computed here, not lazily: torch.compile traces code that reads it.
+        # ("%r" % (v,) rather than repr(v): under torch.compile(dynamic=True) the numbers may arrive as
+        # symbolic floats and ints, which %-formatting specialises and repr() cannot trace.)
+        key = "|".join(("%r" % (self.rank,), "%r" % (self.block_size,), _top_str(self.top_pixels),
+                        _top_str(self.top_channels), self.block_shape, self.normalize, self.gamma_mode,
+                        "%r" % (self.gamma_scale,)))
+        object.__setattr__(self, "key", key)
 
     @staticmethod
     def decode(key: str) -> "Options":
@@ -138,7 +157,7 @@ _DECODED: dict = {}
 def _top_str(value: Top) -> str:
     if value is None:
         return "-"
-    return f"i{value}" if isinstance(value, int) else f"f{value!r}"
+    return ("i%r" if isinstance(value, int) else "f%r") % (value,)
 
 
 def _top_parse(text: str) -> Top:

@@ -115,8 +115,11 @@ def apply(x, y, slots, bits, scale) -> None:
         torch.mul(x, s, out=y)
     else:
         y.copy_(x.to(scale.dtype) * s)
-    if slots.numel() and not (int(slots.min()) >= -1 and int(slots.max()) < bits.shape[1]):
-        raise ValueError("camdrop_kernels op: slots must hold -1 or a plane index of bits")
+    if slots.numel():
+        taken = torch.sort(slots, dim=1).values
+        if not (int(slots.min()) >= -1 and int(slots.max()) < bits.shape[1]) or bool(
+                ((taken[:, 1:] == taken[:, :-1]) & (taken[:, 1:] >= 0)).any()):
+            raise ValueError("camdrop_kernels op: slots must hold -1 or a distinct plane index of bits per sample")
     mask = state.dense_mask(slots, bits, tuple(x.shape[2:]))
     y.masked_fill_(mask, 0.0)
 

@@ -7,7 +7,6 @@ synchronise with a device; under ``torch.compile`` they trace into guards.
 """
 from __future__ import annotations
 
-import math
 from numbers import Integral, Real
 from typing import Optional, Sequence
 
@@ -84,6 +83,15 @@ def _explain_inputs(rank, x, cam, alpha):
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all tensors must share a device")
 
 
+def check_not_transformed(x: torch.Tensor) -> None:
+    """torch.func transforms (vmap, grad, jacrev, ...) wrap tensors in ways the kernels cannot read:
+    say so plainly instead of failing deep inside."""
+    if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x):
+        raise RuntimeError("camdrop does not support torch.func transforms (vmap, grad, jacrev, ...): call it "
+                           "outside the transform (e.g. loop over the batch instead of vmap), or use "
+                           "torch.autograd for gradients")
+
+
 def check_probability(name: str, value) -> float:
     if not is_real(value):
         raise TypeError(f"{name} must be a real number in [0, 1]; got {type(value).__name__}")
@@ -112,7 +120,7 @@ def check_top(name: str, value):
     if isinstance(value, float):
         if not 0.0 < value <= 1.0:  # also refuses NaN
             raise ValueError(f"{name} must be an int >= 1 or a float in (0, 1]; got {value}")
-        return value
+        return float(value)  # (a numpy float64 is a float: keep the plain one)
     raise TypeError(f"{name} must be None, an int >= 1 or a float in (0, 1]; got {type(value).__name__}")
 
 
@@ -120,7 +128,7 @@ def check_gamma_scale(value) -> float:
     if not is_real(value):
         raise TypeError(f"gamma_scale must be a finite real number >= 0; got {type(value).__name__}")
     value = float(value)
-    if not (math.isfinite(value) and value >= 0.0):
+    if not 0.0 <= value < float("inf"):  # also refuses NaN (plain comparisons: torch.compile traces them)
         raise ValueError(f"gamma_scale must be a finite real number >= 0; got {value}")
     return value
 
@@ -153,7 +161,11 @@ def check_bool(name: str, value) -> bool:
 
 def check_inplace(x: torch.Tensor) -> None:
     """Refuse what torch's own in-place ops refuse: a leaf that requires grad while grad mode is
-    on, or memory where several elements share one location (an expanded tensor)."""
+    on, an inference tensor outside inference mode, or memory where several elements share one
+    location (an expanded tensor)."""
+    if x.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError("camdrop(inplace=True): inplace update to inference tensor outside InferenceMode is not "
+                           "allowed; clone it first or run under torch.inference_mode()")
     if x.is_leaf and x.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
             "camdrop(inplace=True): a leaf Variable that requires grad is being used in an in-place operation; "

@@ -73,12 +73,16 @@ typedef struct {
     int64_t shape[MAX_DIMS];
     int64_t strides[MAX_DIMS]; /* in elements */
     int64_t numel;
+    int read_only;             /* DLPack 1.x's read-only flag */
 } View;
+
+#define DLPACK_FLAG_READ_ONLY 1u
 
 /* Reads a DLPack capsule into a View; fails (with an exception naming ``name``) unless it is an
    unconsumed capsule of a CPU tensor with at most MAX_DIMS dims and non-negative strides. */
 static int get_view(PyObject *obj, const char *name, View *v) {
     DLTensor *t = NULL;
+    v->read_only = 0;
     if (PyCapsule_IsValid(obj, "dltensor")) {
         t = &((DLManagedTensor *)PyCapsule_GetPointer(obj, "dltensor"))->dl_tensor;
     } else if (PyCapsule_IsValid(obj, "dltensor_versioned")) {
@@ -87,6 +91,7 @@ static int get_view(PyObject *obj, const char *name, View *v) {
             PyErr_Format(PyExc_TypeError, "%s: unsupported DLPack version %u", name, m->version.major);
             return -1;
         }
+        v->read_only = (m->flags & DLPACK_FLAG_READ_ONLY) != 0;
         t = &m->dl_tensor;
     } else {
         PyErr_Format(PyExc_TypeError, "%s must be a DLPack capsule of a tensor (torch.utils.dlpack.to_dlpack)", name);
@@ -187,6 +192,45 @@ static int non_overlapping(const View *v) {
         span += (v->shape[order[k]] - 1) * v->strides[order[k]];
     }
     return 1;
+}
+
+/* The bytes [lo, hi) an array's elements occupy (empty for no elements). */
+static void byte_range(const View *v, uintptr_t *lo, uintptr_t *hi) {
+    *lo = *hi = (uintptr_t)v->data;
+    if (v->numel == 0) return;
+    uint64_t span = 0;
+    for (int d = 0; d < v->ndim; ++d) span += (uint64_t)(v->shape[d] - 1) * (uint64_t)v->strides[d];
+    *hi = *lo + (uintptr_t)((span + 1) * (uint64_t)v->esize);
+}
+
+/* Outputs must be writable and share no memory with any other argument: a kernel that writes
+   one array while reading another through the same bytes would read what it wrote. ``same`` is
+   the index of an input the first output may alias exactly (in place: x and y), or -1. */
+static int check_outputs(View **views, const char **names, int n, int first_output, int same) {
+    for (int o = first_output; o < n; ++o) {
+        if (views[o]->read_only) {
+            PyErr_Format(PyExc_ValueError, "%s is read-only", names[o]);
+            return -1;
+        }
+        uintptr_t olo, ohi;
+        byte_range(views[o], &olo, &ohi);
+        for (int k = 0; k < n; ++k) {
+            if (k == o) continue;
+            uintptr_t lo, hi;
+            byte_range(views[k], &lo, &hi);
+            if (!(olo < hi && lo < ohi)) continue; /* disjoint */
+            if (o == first_output && k == same && views[k]->data == views[o]->data) {
+                int identical = views[k]->ndim == views[o]->ndim;
+                for (int d = 0; identical && d < views[k]->ndim; ++d)
+                    identical = views[k]->shape[d] == views[o]->shape[d] &&
+                                (views[k]->shape[d] == 1 || views[k]->strides[d] == views[o]->strides[d]);
+                if (identical) continue; /* in place */
+            }
+            PyErr_Format(PyExc_ValueError, "%s shares memory with %s", names[o], names[k]);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -788,7 +832,7 @@ static PyObject *run_build(PyObject *o_cam, PyObject *o_alpha, PyObject *o_seed,
     if (diamond != 0 && diamond != 1) return PyErr_Format(PyExc_ValueError, "diamond must be 0 or 1");
     if (eligible != 0 && eligible != 1) return PyErr_Format(PyExc_ValueError, "eligible must be 0 or 1");
     if (normalize < 0 || normalize > 2) return PyErr_Format(PyExc_ValueError, "normalize must be 0, 1 or 2");
-    if (!(gamma_scale >= 0.0 && gamma_scale <= 1e300)) return PyErr_Format(PyExc_ValueError, "gamma_scale must be finite and >= 0");
+    if (!(gamma_scale >= 0.0 && isfinite(gamma_scale))) return PyErr_Format(PyExc_ValueError, "gamma_scale must be finite and >= 0");
     if (threads < 1 || threads > 4096) return PyErr_Format(PyExc_ValueError, "threads must be in [1, 4096]");
     const int64_t max_pix = P > 0 ? P : 1, max_chan = C > 0 ? C : 1;
     if (n_pix < 1 || n_pix > max_pix) return PyErr_Format(PyExc_ValueError, "top_pixels must be in [1, %lld]", (long long)max_pix);
@@ -800,6 +844,11 @@ static PyObject *run_build(PyObject *o_cam, PyObject *o_alpha, PyObject *o_seed,
         return NULL;
     if (scale.type != T_F32 && scale.type != T_F64) return PyErr_Format(PyExc_TypeError, "scale must be float32 or float64");
     if (check_dense(&scale, "scale", scale.type, 1, s1)) return NULL;
+    {
+        View *views[] = {&cam, &alpha, &seed, &pv, &slots, &bits, &scale, &dropped, &rate};
+        const char *names[] = {"cam", "alpha", "seed", "drop_prob", "slots", "bits", "scale", "dropped", "rate"};
+        if (check_outputs(views, names, 9, 4, -1)) return NULL;
+    }
     /* Products below stay exact in int64 and double: refuse maps beyond that. */
     if (P > ((int64_t)1 << 40) || C > ((int64_t)1 << 30) || (P > 0 && C > (((int64_t)1 << 52) / P)))
         return PyErr_Format(PyExc_ValueError, "the tensor is too large for the CPU kernels");
@@ -1078,10 +1127,6 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
     for (int d = 0; d < a.x.ndim; ++d)
         if (a.y.shape[d] != a.x.shape[d]) return PyErr_Format(PyExc_ValueError, "y must have x's dtype and shape");
     if (!non_overlapping(&a.y)) return PyErr_Format(PyExc_ValueError, "y must not have overlapping elements");
-    if (a.y.data == a.x.data)
-        for (int d = 0; d < a.x.ndim; ++d)
-            if (a.x.shape[d] > 1 && a.x.strides[d] != a.y.strides[d])
-                return PyErr_Format(PyExc_ValueError, "y aliases x with different strides");
     if (threads < 1 || threads > 4096) return PyErr_Format(PyExc_ValueError, "threads must be in [1, 4096]");
     const int rank = a.x.ndim - 2;
     a.N = a.x.shape[0];
@@ -1096,6 +1141,11 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
     if (check_dense(&slots, "slots", T_I32, 2, s2) || check_dense(&bits, "bits", T_I32, 3, s3)) return NULL;
     const int want_scale = a.x.type == T_F64 ? T_F64 : T_F32;
     if (check_dense(&scale, "scale", want_scale, 1, s1)) return NULL;
+    {
+        View *views[] = {&a.x, &slots, &bits, &scale, &a.y};
+        const char *names[] = {"x", "slots", "bits", "scale", "y"};
+        if (check_outputs(views, names, 5, 4, 0)) return NULL;
+    }
     a.slots = (const int32_t *)slots.data;
     a.bits = (const uint32_t *)bits.data;
     a.scale = scale.data;
@@ -1110,9 +1160,13 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
         a.sy[5 - rank + k] = a.y.strides[2 + k];
     }
     if (a.N * a.C * a.P == 0) Py_RETURN_NONE;
-    /* Every slot must be -1 or name a distinct plane of ``bits``: check all, and map slots back to channels. */
-    int32_t *chan = malloc(sizeof(int32_t) * (size_t)(a.N * a.n_chan + 1));
+    /* Every slot must be -1 or name a distinct plane of ``bits``: check all, keep the checked copy
+       (the kernels read that, never the caller's memory again), and map slots back to channels. */
+    int32_t *chan = malloc(sizeof(int32_t) * (size_t)(a.N * a.n_chan + a.N * a.C + 1));
     if (!chan) return PyErr_NoMemory();
+    int32_t *slot_copy = chan + a.N * a.n_chan;
+    memcpy(slot_copy, a.slots, sizeof(int32_t) * (size_t)(a.N * a.C));
+    a.slots = slot_copy;
     for (int64_t q = 0; q < a.N * a.n_chan; ++q) chan[q] = -1;
     for (int64_t i = 0; i < a.N; ++i)
         for (int64_t c = 0; c < a.C; ++c) {

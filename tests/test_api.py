@@ -120,9 +120,11 @@ def test_channel_importance_groups_and_pools():
     assert torch.allclose(pooled, F.adaptive_avg_pool1d(w[t][:, None], 5)[:, 0])
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16,
+                                   torch.uint32, torch.uint64])
 def test_channel_importance_accepts_any_integer_class_indices(dtype):
-    """Regression: uint8/int16 class indices passed the check, then failed in index_select."""
+    """Regression: uint8/int16 class indices passed the check, then failed in index_select (and
+    uint16/32/64 were refused as "not integer")."""
     w = torch.randn(10, 12, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([3, 7])
     assert torch.equal(ck.channel_importance(w, t.to(dtype), 4), ck.channel_importance(w, t, 4))

@@ -121,3 +121,80 @@ def test_schedule_changes_the_rate_without_recompiling():
         shares.append(float(model.drop.last_dropped_fraction))
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert shares[0] == 0.0 and shares[-1] > 0.0
+
+
+def test_fake_tensors_and_subclasses_go_through_the_dispatcher():
+    """Review finding: the eager fast path handed FakeTensors and wrapper subclasses (their DLPack
+    export has no data) to the C code, which crashed. They take the dispatcher now."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    with FakeTensorMode():
+        x, cam, alpha = torch.randn(2, 8, 6, 6), torch.randn(2, 6, 6), torch.randn(2, 8)
+        assert ck.camdrop(x, cam, alpha, 0.1, 3).shape == x.shape
+        assert ck.camdrop_mask(x, cam, alpha, 0.1, 3).shape == x.shape
+        assert ck.CamDrop2d(0.1, 3)(x, cam, alpha).shape == x.shape
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 8, 6, 6, generator=g)
+    cam, alpha = torch.randn(2, 6, 6, generator=g), torch.randn(2, 8, generator=g)
+    y = ck.camdrop(TwoTensor(a, a.clone()), cam, alpha, 0.3, 3, seed=1)
+    assert isinstance(y, TwoTensor) and torch.equal(y.a, ck.camdrop(a, cam, alpha, 0.3, 3, seed=1))
+
+
+def test_the_registered_ops_are_differentiable():
+    """Review finding: torch.ops.camdrop_kernels.camdrop left x.grad None (a warning only)."""
+    x, cam, alpha, seed, p, key = op_args()
+    x = x.detach().requires_grad_()
+    y, slots, bits, scale, dropped, rate = torch.ops.camdrop_kernels.camdrop(x, cam, alpha, seed, p, key)
+    y.backward(torch.ones_like(y))
+    want = torch.ops.camdrop_kernels.camdrop_apply(torch.ones_like(y), slots, bits, scale)
+    assert torch.equal(x.grad, want)
+    x.grad = None
+    torch.ops.camdrop_kernels.camdrop_apply(x, slots, bits, scale).sum().backward()
+    assert torch.equal(x.grad, want)
+
+
+def test_inplace_without_autograd_bumps_the_version_counter():
+    """Review finding: writing in place outside the grad path did not bump x's version, so a tensor
+    autograd had saved changed silently and the gradients came out wrong."""
+    a = torch.randn(2, 8, 6, 6, requires_grad=True)
+    t = a.exp()  # exp saves its output for backward
+    cam, alpha = torch.randn(2, 6, 6), torch.randn(2, 8)
+    ck.camdrop(t.detach(), cam, alpha, 0.5, 3, seed=7, inplace=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        t.sum().backward()
+    inference = torch.randn(2, 8, 6, 6)
+    with torch.inference_mode():
+        inference = torch.randn(2, 8, 6, 6)
+    with pytest.raises(RuntimeError, match="inference"):
+        ck.camdrop(inference, cam, alpha, 0.5, 3, inplace=True)
+
+
+def test_compile_in_a_fresh_process():
+    """Review finding: compiling the functional API failed in a fresh process (a lazily computed
+    options key took a lock dynamo cannot trace) and with dynamic=True (math.isfinite on a
+    symbolic float); the suite passed only because earlier tests had warmed the caches."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, camdrop_kernels as ck\n"
+        "x, cam, al = torch.randn(2, 8, 6, 6), torch.randn(2, 6, 6), torch.randn(2, 8)\n"
+        "f = torch.compile(lambda t: ck.camdrop(t, cam, al, 0.3, 3, gamma_scale=1.5, top_pixels=0.5, seed=1), "
+        "fullgraph=True, backend='aot_eager')\n"
+        "y = f(x)\n"
+        "g = torch.compile(lambda t, p: ck.camdrop(t, cam, al, p, 3, seed=1), fullgraph=True, dynamic=True, "
+        "backend='aot_eager')\n"
+        "z = g(x, 0.3)\n"
+        "assert torch.equal(y, ck.camdrop(x, cam, al, 0.3, 3, gamma_scale=1.5, top_pixels=0.5, seed=1))\n"
+        "assert torch.equal(z, ck.camdrop(x, cam, al, 0.3, 3, seed=1))\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_transforms_are_refused_plainly():
+    x, cam, alpha = torch.randn(3, 2, 8, 6, 6), torch.randn(3, 2, 6, 6), torch.randn(3, 2, 8)
+    with pytest.raises(RuntimeError, match="torch.func transforms"):
+        torch.vmap(lambda a, c, al: ck.camdrop(a, c, al, 0.3, 3))(x, cam, alpha)

@@ -123,3 +123,69 @@ def test_hostile_state_from_the_issue_is_refused():
         ops.camdrop_apply(x, slots, bits[:, :, :1], scale)
     with pytest.raises(ValueError, match="drop_prob"):
         ops.camdrop_state(x, cam, alpha, seed, torch.tensor(1.5, dtype=torch.float64), key)
+
+
+def test_every_backend_checks_the_same_values():
+    """Review finding: the plain-torch backend accepted a negative seed, a NaN rate and duplicate
+    slots that the native one refused; an empty x let garbage through on the eager path."""
+    import pytest
+    import torch
+
+    from camdrop_kernels import backends, ops
+    from camdrop_kernels.options import Options
+
+    x = torch.randn(2, 8, 6, 7)
+    cam, alpha = torch.randn(2, 6, 7), torch.randn(2, 8)
+    key = Options.get(2, 3, None, None, "square", "batch", "eligible", 1.0).key
+    seed, p = torch.tensor(7), torch.tensor(0.6, dtype=torch.float64)
+    for name in ("native", "torch"):
+        with backends.using(name):
+            slots, bits, scale, _, _ = ops.camdrop_state(x, cam, alpha, seed, p, key)
+            with pytest.raises(ValueError, match="seed"):
+                ops.camdrop_forward(x, cam, alpha, torch.tensor(-5), p, key)
+            for bad in (float("nan"), 2.0):
+                with pytest.raises(ValueError, match="drop_prob"):
+                    ops.camdrop_forward(x, cam, alpha, seed, torch.tensor(bad, dtype=torch.float64), key)
+            twice = slots.clone()
+            twice[0, :2] = 0
+            with pytest.raises(ValueError, match="slot"):
+                ops.camdrop_apply(x, twice, bits, scale)
+            with pytest.raises((ValueError, TypeError)):
+                ops.camdrop_forward(torch.randn(0, 8, 6, 7), cam, alpha[:, :3], seed, p, key)
+            y = ops.camdrop_forward(x, cam, alpha, seed, p, Options.get(2, 3, None, None, "square", "batch",
+                                                                         "eligible", 1e308).key)[0]
+            assert y.shape == x.shape
+
+
+def test_aliased_and_read_only_arguments_are_refused():
+    """Review finding: an output sharing memory with an input (slots inside x, y overlapping x by
+    one element, a rate output over the slots) crashed the native code or gave wrong values; a
+    read-only DLPack array was written. Every such call is refused now."""
+    import numpy as np
+    import pytest
+    import torch
+    from torch.utils.dlpack import to_dlpack as dl
+
+    from camdrop_kernels import _native
+
+    x = torch.zeros(1, 4, 8, 8)
+    slots = x.view(torch.int32).view(-1)[:4].view(1, 4)
+    slots.copy_(torch.arange(4, dtype=torch.int32).view(1, 4))
+    with pytest.raises(ValueError, match="shares memory"):
+        torch.ops.camdrop_kernels.camdrop_apply_(x, slots, torch.zeros(1, 4, 2, dtype=torch.int32),
+                                                 torch.full((1,), 2.0**100))
+    buf = torch.randn(2 * 4 * 5 * 6 + 1)
+    s, b, sc = -torch.ones(2, 4, dtype=torch.int32), torch.zeros(2, 1, 1, dtype=torch.int32), torch.ones(2)
+    with pytest.raises(ValueError, match="shares memory"):
+        _native.apply(dl(buf[:-1].view(2, 4, 5, 6)), dl(buf[1:].view(2, 4, 5, 6)), dl(s), dl(b), dl(sc), 1)
+    frozen = np.zeros((2, 4, 5, 6), dtype=np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _native.apply(dl(torch.zeros(2, 4, 5, 6)), frozen.__dlpack__(max_version=(1, 0)), dl(s), dl(b), dl(sc), 1)
+    cam, alpha = torch.randn(2, 5, 6), torch.randn(2, 4)
+    slots_buf = torch.zeros(2, 4, dtype=torch.int32)
+    rate = slots_buf.view(-1).view(torch.float32)[1:3]
+    outs = [slots_buf, torch.zeros(2, 1, 1, dtype=torch.int32), torch.zeros(2), torch.zeros(2, dtype=torch.int64), rate]
+    with pytest.raises(ValueError, match="shares memory"):
+        _native.build(dl(cam), dl(alpha), dl(torch.tensor(1)), dl(torch.tensor(1.0, dtype=torch.float64)),
+                      *[dl(t) for t in outs], 3, 0, 1, 1, 1, 4.0, 0, 1)

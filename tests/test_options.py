@@ -50,6 +50,32 @@ def test_options_are_validated_once_and_cached():
         Options.decode(7)
 
 
+def test_every_argument_is_cached_by_type():
+    """Review findings: block_size=7.0 was refused, then accepted once 7 had been cached (and True
+    after 1); a numpy float fraction produced a key no other process could decode."""
+    import numpy as np
+
+    x, cam, alpha = torch.randn(2, 4, 5, 6), torch.randn(2, 5, 6), torch.randn(2, 4)
+    ck.camdrop(x, cam, alpha, 0.1, 7)
+    ck.camdrop(x, cam, alpha, 0.1, 1)
+    for bad in (7.0, True):
+        with pytest.raises(TypeError, match="block_size"):
+            ck.camdrop(x, cam, alpha, 0.1, bad)
+    with pytest.raises(TypeError, match="block_size"):
+        ck.CamDrop2d(0.1, 7.0)
+    o = opts(top_pixels=np.float64(0.5), gamma_scale=np.float32(2.0))
+    assert o == opts(top_pixels=0.5, gamma_scale=2.0)
+    assert o.key == "2|7|f0.5|-|square|batch|eligible|2.0"
+
+
+def test_the_decode_cache_is_bounded():
+    from camdrop_kernels import options
+
+    for k in range(5000):
+        opts(gamma_scale=1.0 + k / 8192)
+    assert len(options._DECODED) <= 4096 and len(options._CACHE) <= 4096
+
+
 def test_huge_block_size_is_clamped_not_overflowing():
     """Regression: block_size >= 2**63 passed validation, then failed converting to a C long."""
     x, cam, alpha = torch.randn(2, 4, 5, 6), torch.randn(2, 5, 6), torch.randn(2, 4)
