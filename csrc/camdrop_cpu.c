@@ -535,7 +535,8 @@ static void top_n(const uint64_t *key, int bits, int64_t L, int64_t n, int64_t *
         return;
     }
     memset(mark, 0, (size_t)L);
-    int64_t hist[256] = {0}, h4[4][256] = {{0}};
+    int64_t hist[256] = {0};
+    int32_t h4[4][256] = {{0}}; /* per-bin counts of one quarter of a row: rows are below 2**33 entries */
     for (int64_t k = 0; k + 4 <= L; k += 4) { /* four sub-histograms: no chain of increments on one bin */
         h4[0][DIGIT(key[k], top)]++;
         h4[1][DIGIT(key[k + 1], top)]++;
@@ -553,24 +554,22 @@ static void top_n(const uint64_t *key, int bits, int64_t L, int64_t n, int64_t *
         int64_t kept = 0;
         int64_t next[256] = {0};
         const int nshift = shift > 0 ? shift - 8 : 0;
-        if (shift == top) { /* the first pass reads every entry */
+        if (shift == top) { /* the first pass reads every entry; branch-free (the test is unpredictable) */
             for (int64_t k = 0; k < L; ++k) {
-                int d = DIGIT(key[k], shift);
-                mark[k] = d > b;
-                if (d == b) {
-                    cand[kept++] = k;
-                    next[DIGIT(key[k], nshift)]++;
-                }
+                int d = DIGIT(key[k], shift), at = d == b;
+                mark[k] = (uint8_t)(d > b);
+                cand[kept] = k;
+                kept += at;
+                next[DIGIT(key[k], nshift)] += at;
             }
         } else {
             for (int64_t t = 0; t < m; ++t) {
                 int64_t k = cand[t];
-                int d = DIGIT(key[k], shift);
-                if (d > b) mark[k] = 1;
-                else if (d == b) { /* in place: kept <= t */
-                    cand[kept++] = k;
-                    next[DIGIT(key[k], nshift)]++;
-                }
+                int d = DIGIT(key[k], shift), at = d == b;
+                mark[k] |= (uint8_t)(d > b);
+                cand[kept] = k; /* in place: kept <= t */
+                kept += at;
+                next[DIGIT(key[k], nshift)] += at;
             }
         }
         *visits += (uint64_t)m;
@@ -987,6 +986,7 @@ typedef struct {
     int64_t N, C, n_chan, words, S[3], P;
     int64_t sx[5], sy[5]; /* strides of (n, c, d, h, w) in elements (0 for missing axes) */
     int flat;             /* every plane of x and y has pixel q at q * (w stride) */
+    int64_t block_channels; /* channels per work item when x and y are dense NCHW */
 } ApplyCtx;
 
 static inline void sample_scale(const ApplyCtx *a, int64_t i, double *s64, float *s32) {
@@ -1073,6 +1073,30 @@ static void apply_segments(void *p, int64_t begin, int64_t end, int tid) {
         int32_t slot = a->slots[i * a->C + c];
         if (slot >= 0)
             zero_row(a->bits + (i * a->n_chan + slot) * a->words, seg * seg_len, seg_len, y, a->sy[4], es);
+    }
+}
+
+/* Dense NCHW (x and y contiguous per sample: plane c at c * P): a work item is a block of
+   consecutive channels of one sample, multiplied as one run (small maps no longer pay a call per
+   plane), then the dropped runs of its top channels zeroed. */
+static void apply_blocks(void *p, int64_t begin, int64_t end, int tid) {
+    (void)tid;
+    const ApplyCtx *a = p;
+    const int es = a->x.esize;
+    const int64_t per_block = a->block_channels, blocks = (a->C + per_block - 1) / per_block;
+    for (int64_t item = begin; item < end; ++item) {
+        int64_t i = item / blocks, c0 = (item % blocks) * per_block;
+        int64_t c1 = c0 + per_block < a->C ? c0 + per_block : a->C;
+        double s64;
+        float s32;
+        sample_scale(a, i, &s64, &s32);
+        const char *x = a->x.data + (i * a->sx[0] + c0 * a->sx[1]) * es;
+        char *y = a->y.data + (i * a->sy[0] + c0 * a->sy[1]) * es;
+        scale_run(a->x.type, x, 1, y, 1, (c1 - c0) * a->P, s64, s32);
+        for (int64_t c = c0; c < c1; ++c) {
+            int32_t slot = a->slots[i * a->C + c];
+            if (slot >= 0) zero_row(a->bits + (i * a->n_chan + slot) * a->words, 0, a->P, y + (c - c0) * a->P * es, 1, es);
+        }
     }
 }
 
@@ -1188,9 +1212,14 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
     if (a.x.numel < 32768) T = 1; /* the pool's wake-up costs more than it saves */
     Py_BEGIN_ALLOW_THREADS
     Job job;
+    int dense = a.flat && a.sx[4] == 1 && a.sy[4] == 1 && a.sx[1] == a.P && a.sy[1] == a.P;
     if (channel_inner) {
         job.body = apply_pixels;
         job.total = a.N * a.words;
+    } else if (dense) {
+        a.block_channels = a.P >= 16384 ? 1 : 16384 / a.P; /* about 16K elements an item */
+        job.body = apply_blocks;
+        job.total = a.N * ((a.C + a.block_channels - 1) / a.block_channels);
     } else {
         job.body = apply_segments;
         job.total = a.N * a.C * (a.flat ? 1 : a.S[0] * a.S[1]);
