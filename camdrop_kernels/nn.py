@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import collections
+import weakref
 from typing import Optional, Union
 
 import torch
+import torch.fx
 from torch import nn
 
 from . import api, validation
@@ -13,7 +15,38 @@ from .options import Options
 from .philox import make_seed
 
 MISSING_TARGETS = ("error", "skip")
-_HISTORY = 32  # forwards whose targets a bound layer remembers for activation checkpointing
+# Activation checkpointing: a bound layer remembers the targets of its last _HISTORY forwards (weakly)
+# and holds the last _RECENT distinct targets tensors (strongly), so that a forward recomputed during
+# backward finds them; older ones stay findable while something else (the loss) holds them.
+_HISTORY = 256
+_RECENT = 4
+_MISSING = object()
+
+
+def _is_exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
+def _fx_call(layer: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """Run a CamDrop layer; under torch.fx.symbolic_trace this call is recorded as one graph node."""
+    return layer(*args)
+
+
+torch.fx.wrap("_fx_call")
+
+
+def _is_functorch_wrapped(x: torch.Tensor) -> bool:
+    """x is a torch.func (grad/vmap/jvp) wrapper: the layer runs inside a functorch transform."""
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(x)) if check is not None else False
+
+
+def _is_fx_tracing() -> bool:
+    """Inside torch.fx.symbolic_trace (torch >= 2.4: is_fx_symbolic_tracing; before, the flag itself)."""
+    fx = torch.fx._symbolic_trace
+    check = getattr(fx, "is_fx_symbolic_tracing", None) or getattr(fx, "_get_is_fx_tracing", None)
+    return bool(check()) if check is not None else False
 
 
 class CamDropNd(nn.Module):
@@ -62,12 +95,17 @@ class CamDropNd(nn.Module):
         # set_drop_prob(model, p) gives this layer p * drop_prob_scale (per-stage scaling).
         self.drop_prob_scale = validation.check_probability("drop_prob_scale", drop_prob_scale)
         self._p = validation.check_probability("drop_prob", drop_prob)
-        self.register_buffer("_drop_prob", torch.tensor(self._p, dtype=torch.float64), persistent=False)
+        self.register_buffer("_drop_prob", torch.tensor([self._p], dtype=torch.float64), persistent=False)
         self.last_dropped: Optional[torch.Tensor] = None
         self.last_rate: Optional[torch.Tensor] = None
-        self._last_numel = 0
+        # Elements of the last training batch, as a tensor written in place (as are last_dropped and
+        # last_rate under torch.compile): a checkpointed region may not assign Python attributes.
+        self.register_buffer("_numel", torch.ones((), dtype=torch.int64), persistent=False)
+        self._numel_value = 1
         self._targets: Optional[torch.Tensor] = None
-        self._history: "collections.OrderedDict[int, torch.Tensor]" = collections.OrderedDict()
+        # seed of a forward -> weakref to its targets (None: it was skipped), for recomputations
+        self._history: "collections.OrderedDict[int, Optional[weakref.ref]]" = collections.OrderedDict()
+        self._recent: "collections.deque[torch.Tensor]" = collections.deque(maxlen=_RECENT)
         if classifier is not None:
             self.bind(classifier)
 
@@ -94,7 +132,7 @@ class CamDropNd(nn.Module):
         # model.half() / .to(dtype) convert floating buffers: keep the rate exactly float64.
         out = super()._apply(fn, recurse)
         if self._drop_prob.dtype != torch.float64:
-            self._drop_prob = torch.tensor(self._p, dtype=torch.float64, device=self._drop_prob.device)
+            self._drop_prob = torch.tensor([self._p], dtype=torch.float64, device=self._drop_prob.device)
         return out
 
     # -- guidance ----------------------------------------------------------------------------------
@@ -121,6 +159,7 @@ class CamDropNd(nn.Module):
         state = self.__dict__.copy()
         state["_targets"] = None
         state["_history"] = collections.OrderedDict()
+        state["_recent"] = collections.deque(maxlen=_RECENT)
         return state
 
     # -- forward -----------------------------------------------------------------------------------
@@ -129,7 +168,23 @@ class CamDropNd(nn.Module):
         if not self.training:
             return x
         compiling = torch.compiler.is_compiling()
+        if compiling and _is_exporting():
+            raise RuntimeError(
+                f"torch.export of a {type(self).__name__} in training mode would bake one batch's targets (or none) "
+                "into the program: export the model in eval mode (model.eval(); CamDrop is the identity there), "
+                "or pass the guidance explicitly (forward(x, cam, alpha))")
+        if not compiling and _is_fx_tracing():
+            # FX symbolic tracing in training mode: record one call of this layer, so that the traced
+            # GraphModule runs it as a module (with the targets of its own `targets` blocks).
+            return _fx_call(self, x) if cam is None else _fx_call(self, x, cam, alpha)
+        if not compiling and _is_functorch_wrapped(x):
+            raise RuntimeError(
+                f"torch.func transforms (grad, vjp, vmap, ...) through a {type(self).__name__} in training mode are "
+                "not supported: compute gradients with loss.backward() or torch.autograd.grad (torch.func."
+                "functional_call itself works, inside the targets block), or apply the transform in eval mode, "
+                "where CamDrop is the identity")
         # Under torch.compile the rate is a tensor input: never branch on its value there.
+        validation.check_rank(self.rank, x, module=True)  # (also when nothing is dropped: bad input fails at once)
         if not compiling and self._p == 0.0:
             return self._nothing_dropped(x)
         if (cam is None) != (alpha is None):
@@ -142,21 +197,51 @@ class CamDropNd(nn.Module):
             if guidance is None:
                 return self._nothing_dropped(x)
             cam, alpha = guidance
-        cam = validation.check_inputs(self.rank, x, cam, alpha)
+        cam = validation.check_inputs(self.rank, x, cam, alpha, module=True)
         if self.inplace:
             validation.check_inplace(x)
-        y, self.last_dropped, self.last_rate = api.run(x, cam, alpha, self.options, self._drop_prob, seed,
-                                                       self.inplace, self.backend)
-        self._last_numel = x.numel()
+        y, dropped, rate = api.run(x, cam, alpha, self.options, self._drop_prob, seed, self.inplace, self.backend)
+        self._record(x, dropped, rate, compiling)
         return y
 
     def _nothing_dropped(self, x: torch.Tensor) -> torch.Tensor:
         """A training step that drops nothing (rate 0, targets skipped): record zeros and return x."""
         n = x.shape[0] if x.dim() else 0
-        self.last_dropped = torch.zeros((n,), dtype=torch.int64, device=x.device)
-        self.last_rate = torch.zeros((n,), dtype=torch.float32, device=x.device)
-        self._last_numel = max(1, x.numel())
+        self._record(x, torch.zeros((n,), dtype=torch.int64, device=x.device),
+                     torch.zeros((n,), dtype=torch.float32, device=x.device), torch.compiler.is_compiling())
         return x
+
+    def _record(self, x: torch.Tensor, dropped: torch.Tensor, rate: torch.Tensor, compiling: bool) -> None:
+        """Keep the batch's statistics. Under torch.compile they are copied into the tensors already
+        there (``targets`` sizes them for each batch), because inside a checkpointed region
+        (torch.utils.checkpoint) dynamo refuses to assign attributes but allows in-place writes."""
+        last_dropped, last_rate = self.last_dropped, self.last_rate
+        if (compiling and last_dropped is not None and last_rate is not None
+                and last_dropped.shape == dropped.shape and last_dropped.dtype == dropped.dtype
+                and last_dropped.device == dropped.device and last_rate.shape == rate.shape
+                and last_rate.dtype == rate.dtype and last_rate.device == rate.device):
+            last_dropped.copy_(dropped)
+            last_rate.copy_(rate)
+        else:
+            self.last_dropped, self.last_rate = dropped, rate
+        numel = max(1, x.numel())
+        if compiling or not x.is_cuda:
+            self._numel.fill_(numel)
+        elif numel != self._numel_value:
+            # Eager CUDA: a fill is a kernel launch, so only when the size changes. (A compiled forward
+            # of the same layer cannot update this mirror; mixing compiled and eager CUDA forwards of
+            # different sizes could leave the share computed against a stale size: statistics only.)
+            self._numel.fill_(numel)
+            self._numel_value = numel
+
+    def _size_statistics(self, n: int) -> None:
+        """Give last_dropped and last_rate the shape (n,) on the layer's device, so that a compiled
+        forward writes them in place (called by ``targets`` before the batch's forward)."""
+        device = self._numel.device
+        if (self.last_dropped is None or self.last_dropped.shape != (n,) or self.last_dropped.device != device
+                or self.last_rate is None or self.last_rate.shape != (n,) or self.last_rate.device != device):
+            self.last_dropped = torch.zeros((n,), dtype=torch.int64, device=device)
+            self.last_rate = torch.zeros((n,), dtype=torch.float32, device=device)
 
     def _guidance(self, x: torch.Tensor, seed: torch.Tensor, compiling: bool):
         """(cam, alpha) from the bound classifier and this batch's targets; None to skip this batch."""
@@ -170,15 +255,15 @@ class CamDropNd(nn.Module):
             raise RuntimeError(
                 f"a bound {name} cannot run under nn.DataParallel: each replica would see the whole batch's "
                 "targets. Use DistributedDataParallel (one process per GPU), which camdrop_kernels supports")
-        targets = self._targets
-        if not compiling:
-            targets = self._remember(targets, seed)
+        targets = self._targets if compiling else self._eager_targets(seed)
         if targets is None:
             if self.missing_targets == "skip":
                 return None
             raise RuntimeError(
                 f"{name} is in training mode but has no targets for this batch: run the forward pass inside "
-                "`with camdrop_kernels.targets(model, labels): ...`, or construct the layers with "
+                "`with camdrop_kernels.targets(model, labels): ...` (every training-mode forward, e.g. also a "
+                "SAM-style second forward). A forward that should drop nothing (e.g. torch.optim.swa_utils."
+                "update_bn) can run after camdrop_kernels.set_drop_prob(model, 0.0); or construct the layers with "
                 "missing_targets='skip' to make them the identity when no targets are given")
         if targets.shape[0] != x.shape[0]:
             raise ValueError(f"targets hold {targets.shape[0]} samples but the batch has {x.shape[0]}")
@@ -187,23 +272,54 @@ class CamDropNd(nn.Module):
             cam = cam_unchecked(x.detach(), alpha)
         return cam, alpha
 
-    def _remember(self, targets: Optional[torch.Tensor], seed: torch.Tensor) -> Optional[torch.Tensor]:
-        """Activation checkpointing recomputes this forward during backward, after the ``targets``
-        block has ended, with the random state restored: the same seed is drawn again. So the
-        targets of every forward that may be recomputed are kept under its seed (a CPU value:
-        reading it does not sync), and a recomputation inside the backward pass finds them."""
-        if seed.device.type != "cpu":
+    def _eager_targets(self, seed: torch.Tensor) -> Optional[torch.Tensor]:
+        """This forward's targets, in eager mode.
+
+        Activation checkpointing runs a checkpointed forward again during backward, after the
+        ``targets`` block has ended, with the random state restored, so the recomputation draws the
+        same seed. Every forward's targets are therefore remembered under its seed (a CPU value:
+        reading it does not sync), and a forward inside the backward pass looks its seed up: found,
+        it gets the original forward's targets (the same CAM, channels and mask); not found, it is a
+        genuinely new forward (or an unrecorded one, which fails with advice)."""
+        targets = self._targets
+        if seed.device.type != "cpu":  # drawn on the device (CUDA graph capture): no key without a sync
             return targets
         key = int(seed)
-        if targets is not None:
-            if torch.is_grad_enabled():
-                self._history[key] = targets
-                while len(self._history) > _HISTORY:
-                    self._history.popitem(last=False)
+        if torch._C._current_graph_task_id() != -1:  # inside a backward pass
+            entry = self._history.get(key, _MISSING)
+            if entry is not _MISSING:
+                return self._resolve(entry)
+            if targets is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}: a forward is running during backward (activation checkpointing "
+                    "recomputing it?) but no earlier eager forward of this layer drew its seed, so its targets are "
+                    "unknown. If a compiled module is checkpointed, compile the model with the checkpointing "
+                    "inside it instead (e.g. timm's set_grad_checkpointing(True), then torch.compile); otherwise "
+                    "the checkpoint must restore the random state (torch.utils.checkpoint's "
+                    f"preserve_rng_state=True, the default) and recompute within {_HISTORY} forwards")
             return targets
-        if torch._C._current_graph_task_id() != -1:  # inside a backward pass: a recomputation
-            return self._history.get(key)
-        return None
+        if targets is not None:
+            self._history[key] = weakref.ref(targets)
+            if not any(t is targets for t in self._recent):
+                self._recent.append(targets)
+        elif self.missing_targets == "skip":
+            self._history[key] = None
+        else:
+            return None
+        self._history.move_to_end(key)
+        while len(self._history) > _HISTORY:
+            self._history.popitem(last=False)
+        return targets
+
+    def _resolve(self, entry: Optional[weakref.ref]) -> Optional[torch.Tensor]:
+        if entry is None:  # the original forward had no targets and was skipped
+            return None
+        targets = entry()
+        if targets is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: activation checkpointing is recomputing a forward whose targets have been "
+                "freed: keep the labels alive until backward (or keep the `targets` block open around backward)")
+        return targets
 
     # -- statistics ------------------------------------------------------------------------------
     @property
@@ -212,7 +328,7 @@ class CamDropNd(nn.Module):
         tensor (computing it does not sync; reading its value does). None before the first one."""
         if self.last_dropped is None:
             return None
-        return self.last_dropped.sum().to(torch.float32) / float(self._last_numel)
+        return self.last_dropped.sum().to(torch.float32) / self._numel.to(torch.float32)
 
     @property
     def saturated(self) -> Optional[torch.Tensor]:

@@ -34,6 +34,10 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
 
         with camdrop_kernels.targets(model, labels):
             loss = criterion(model(images), labels)
+        loss.backward()
+
+    Only the forward needs to be inside: a forward that activation checkpointing recomputes
+    during backward finds the targets of its original forward (the layers remember them).
     """
     layers = camdrop_layers(model)
     if not layers:
@@ -44,9 +48,13 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
         if classifier is not None and id(classifier) not in checked:
             check_targets(classifier.weight, targets)
             checked.add(id(classifier))
+    # A compiled model whose batch is marked dynamic sees the labels' batch as dynamic too (a hint:
+    # dynamo may still specialise it), instead of failing on "specialised to a constant".
+    torch._dynamo.maybe_mark_dynamic(targets, 0)
     saved = [layer._targets for layer in layers]
     for layer in layers:
         layer.set_targets(targets)
+        layer._size_statistics(targets.shape[0])  # so that a compiled forward writes them in place
     try:
         yield model
     finally:

@@ -18,6 +18,7 @@ SEED_LIMIT = 2**63
 _SPATIAL_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 _CAM_NAMES = {1: "(N, L)", 2: "(N, H, W)", 3: "(N, D, H, W)"}
 _FUNCTION_NAMES = {1: "camdrop1d", 2: "camdrop", 3: "camdrop3d"}
+_MODULE_NAMES = {1: "CamDrop1d", 2: "CamDrop2d", 3: "CamDrop3d"}
 
 
 def is_int(value) -> bool:
@@ -43,7 +44,18 @@ def check_floating_tensor(name: str, value) -> torch.Tensor:
     return value
 
 
-def check_inputs(rank: int, x, cam, alpha) -> torch.Tensor:
+def check_rank(rank: int, x, module: bool = False) -> None:
+    """x has the rank's dimensions (N, C, *S); the error names the function (or module) to use instead."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    if x.dim() != rank + 2:
+        names = _MODULE_NAMES if module else _FUNCTION_NAMES
+        other = x.dim() - 2
+        hint = f" (for {other}-D maps use {names[other]})" if other in names else ""
+        raise ValueError(f"x must be {rank + 2}-D {_SPATIAL_NAMES[rank]}; got shape {tuple(x.shape)}{hint}")
+
+
+def check_inputs(rank: int, x, cam, alpha, module: bool = False) -> torch.Tensor:
     """Check x, cam and alpha against each other; return cam as an (N, *S) view. (Written for speed:
     it runs on every call, so it compares torch.Size objects and devices, and builds messages only
     on failure.)"""
@@ -52,9 +64,7 @@ def check_inputs(rank: int, x, cam, alpha) -> torch.Tensor:
         for name, t in (("x", x), ("cam", cam), ("alpha", alpha)):
             check_floating_tensor(name, t)
     if x.dim() != rank + 2:
-        other = x.dim() - 2
-        hint = f" (for {other}-D maps use {_FUNCTION_NAMES[other]})" if other in _FUNCTION_NAMES else ""
-        raise ValueError(f"x must be {rank + 2}-D {_SPATIAL_NAMES[rank]}; got shape {tuple(x.shape)}{hint}")
+        check_rank(rank, x, module)
     shape = x.shape
     if cam.dim() == rank + 2 and cam.shape[1] == 1:
         cam = cam.squeeze(1)
