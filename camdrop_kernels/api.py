@@ -47,7 +47,7 @@ def _rate(p: float) -> Tensor:
     """drop_prob as a float64 tensor (a cached CPU one in plain eager mode; made anew under
     torch.compile or a dispatch mode such as FakeTensorMode, which must see it created)."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
-        return torch.tensor(p, dtype=torch.float64)
+        return torch.tensor([p], dtype=torch.float64)  # (shape (1,): a 0-d one makes dynamo restart its analysis)
     return rate_tensor(p)
 
 

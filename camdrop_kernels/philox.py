@@ -76,5 +76,5 @@ def rate_tensor(drop_prob: float) -> torch.Tensor:
     if t is None:
         if len(_RATES) > 256:
             _RATES.clear()
-        t = _RATES[drop_prob] = torch.tensor(drop_prob, dtype=torch.float64)
+        t = _RATES[drop_prob] = torch.tensor([drop_prob], dtype=torch.float64)
     return t
