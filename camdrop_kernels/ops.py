@@ -275,10 +275,13 @@ class CamDrop(torch.autograd.Function):
         y, slots, bits, scale, dropped, rate = _forward(x, cam, alpha, seed, drop_prob, options)
         ctx.save_for_backward(slots, bits, scale)
         ctx.mark_non_differentiable(dropped, rate)
+        ctx.set_materialize_grads(False)  # (no zero tensors for the statistics' gradients: two launches on CUDA)
         return y, dropped, rate
 
     @staticmethod
     def backward(ctx, dy: Tensor, _dropped, _rate):
+        if dy is None:
+            return None, None, None, None, None, None
         slots, bits, scale = ctx.saved_tensors
         return CamDropApply.apply(dy, slots, bits, scale, False), None, None, None, None, None
 

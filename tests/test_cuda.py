@@ -1,11 +1,12 @@
-"""CUDA-only checks of the Triton backend: large shapes against the CPU path, > 2**31 elements,
-CUDA graphs, torch.compile and autocast. Skipped without a GPU (run benchmarks/gpu_check.sh there)."""
+"""CUDA-only checks of the Triton backend: ResNet shapes against the CPU path bit for bit, more than
+2**31 elements, CUDA graphs drawing fresh masks, no host sync, torch.compile, bf16 autocast, the
+launch count seen by the profiler. Skipped without a GPU (benchmarks/gpu_check.sh runs them)."""
 import pytest
 import torch
 
 import camdrop_kernels as ck
-from camdrop_kernels import ops, torch_backend
-from camdrop_kernels.config import CamDropConfig
+from camdrop_kernels import ops, state
+from camdrop_kernels.options import Options
 
 from conftest import HAS_TRITON, assert_bitwise_equal
 
@@ -21,11 +22,16 @@ def inputs(shape, dtype, channels_last=False, seed=0):
     return x, torch.randn(N, H, W, generator=g), torch.randn(N, C, generator=g)
 
 
+def rate(p):
+    return torch.tensor(p, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("shape", [(32, 256, 56, 56), (64, 512, 28, 28), (16, 2048, 7, 7), (4, 64, 112, 112)])
 @pytest.mark.parametrize("dtype,channels_last", [(torch.bfloat16, False), (torch.bfloat16, True),
                                                  (torch.float32, False), (torch.float16, True)])
-@pytest.mark.parametrize("mode", [dict(), dict(gamma_mode="eligible", block_shape="diamond", normalize="sample")])
-def test_large_shapes_equal_cpu(shape, dtype, channels_last, mode):
+@pytest.mark.parametrize("mode", [dict(), dict(gamma_mode="dropblock"),
+                                  dict(block_shape="diamond", normalize="sample")])
+def test_resnet_shapes_equal_cpu(shape, dtype, channels_last, mode):
     x, cam, alpha = inputs(shape, dtype, channels_last)
     kw = dict(drop_prob=0.2, block_size=5, seed=2**40 + 7, **mode)
     y_cpu = ck.camdrop(x, cam, alpha, **kw, backend="torch")
@@ -34,53 +40,61 @@ def test_large_shapes_equal_cpu(shape, dtype, channels_last, mode):
     assert_bitwise_equal(y_gpu.cpu(), y_cpu)
     m_gpu = ck.camdrop_mask(x.cuda(), cam.cuda(), alpha.cuda(), **kw, backend="triton")
     assert torch.equal(m_gpu.cpu(), ck.camdrop_mask(x, cam, alpha, **kw, backend="torch"))
+    xg = x.cuda().requires_grad_()
+    ck.camdrop(xg, cam.cuda(), alpha.cuda(), **kw, backend="triton").backward(y_gpu)
+    xc = x.clone().requires_grad_()
+    ck.camdrop(xc, cam, alpha, **kw, backend="torch").backward(y_cpu)
+    assert_bitwise_equal(xg.grad.cpu(), xc.grad, "gradient")
 
 
-def test_more_than_2_31_elements():
-    N, C, H, W = 2, 16385, 256, 256  # 2 * 16385 * 65536 = 2**31 + 2**17 elements (4 GiB in bf16)
+@pytest.mark.parametrize("N,C", [(2, 16385), (1, 32769)])
+def test_more_than_2_31_elements(N, C):
+    """2 x 16385 x 256 x 256 (per sample below 2**31: int32 offsets from an int64 sample base) and
+    1 x 32769 x 256 x 256 (one sample beyond 2**31: the int64 strided kernel); the state equals the
+    CPU path's, and the far end of the output is right."""
+    H = W = 256
     assert N * C * H * W > 2**31
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn((N, C, H, W), device="cuda", dtype=torch.bfloat16, generator=g)
     cam = torch.randn(N, H, W, device="cuda", generator=g)
     alpha = torch.randn(N, C, device="cuda", generator=g)
-    alpha[1, -3:] = 100.0  # sample 1's top channels: logical offsets past 2**31
-    kw = dict(drop_prob=0.5, block_size=5, top_channels=3, gamma_mode="eligible", seed=123)
-    cfg = CamDropConfig.build((N, C, H, W), 0.5, 5, None, 3, "square", "batch", "eligible", 1.0)
-    seed = torch.tensor(123)
-    chan_cpu, dropped_cpu, _ = torch_backend.build_mask(cam.cpu(), alpha.cpu(), seed, cfg)
-    y, slot, bits, scale, dropped = ops.camdrop_op(x, cam, alpha, seed.cuda(), 0.5, 5, cfg.top_pixels, 3, "square",
-                                         "batch", "eligible", 1.0, "triton")
-    assert torch.equal(chan_cpu[1], torch.tensor([C - 3, C - 2, C - 1]))
-    shifts = torch.arange(32, device="cuda", dtype=torch.int32)
-    planes = ((bits[..., None] >> shifts) & 1).reshape(N, 3, -1)[..., : H * W].reshape(N, 3, H, W) != 0
-    assert torch.equal(planes.cpu(), dropped_cpu) and dropped_cpu[1].any()
-    assert torch.equal(dropped.cpu(), dropped_cpu.reshape(N, -1).sum(1))
-    kept = N * C * H * W - int(dropped_cpu.sum())
-    assert float(scale[0]) == torch.tensor(N * C * H * W / kept, dtype=torch.float32).item()
-    # The far end of the tensor: sample 1's last channels, written with int64 offsets.
-    tail = x[1, -3:].float() * scale[1]
-    want = torch.where(planes[1], 0.0, tail).to(torch.bfloat16)
-    assert torch.equal(y[1, -3:], want)
+    alpha[N - 1, -3:] = 100.0  # the last sample's top channels: logical offsets past 2**31
+    opts = Options.get(2, 5, None, 3, "square", "batch", "eligible", 1.0)
+    seed, p = torch.tensor(123), rate(0.5)
+    gpu = ops.build_state(x, cam, alpha, seed, p, opts)
+    x_cpu_shape = torch.empty((), dtype=torch.bfloat16).expand(N, C, H, W)  # the state never reads x
+    cpu = ops.build_state(x_cpu_shape, cam.cpu(), alpha.cpu(), seed, p, opts)
+    for name, a, b in zip(("slots", "bits", "scale", "dropped", "rate"), gpu, cpu):
+        assert torch.equal(a.cpu(), b), name
+    slots, bits, scale = gpu[:3]
+    assert torch.equal(slots[N - 1, -3:].cpu(), torch.tensor([0, 1, 2], dtype=torch.int32))
+    y = ops.forward(x, cam, alpha, seed, p, opts)[0]
+    planes = state.unpack_bits(bits, H * W).reshape(N, 3, H, W)
+    assert planes[N - 1].any()
+    tail = x[N - 1, -3:].float() * scale[N - 1]
+    assert torch.equal(y[N - 1, -3:], torch.where(planes[N - 1], 0.0, tail).to(torch.bfloat16))
     assert torch.equal(y[0, :2], (x[0, :2].float() * scale[0]).to(torch.bfloat16))
 
 
-def test_no_host_sync_on_the_hot_path():
+def test_no_host_sync_forward_backward():
     x, cam, alpha = (t.cuda() for t in inputs((8, 64, 28, 28), torch.bfloat16))
     x.requires_grad_()
-    ck.camdrop(x, cam, alpha, 0.2, 5).sum().backward()  # warm up (compile) outside the check
+    for kw in (dict(), dict(gamma_mode="dropblock", normalize="sample")):
+        ck.camdrop(x, cam, alpha, 0.2, 5, **kw).sum().backward()  # warm up (compile) outside the check
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        y = ck.camdrop(x, cam, alpha, 0.2, 5)
-        y.backward(torch.ones_like(y))
-        ck.camdrop(x.detach(), cam, alpha, 0.2, 5, seed=3)
+        for kw in (dict(), dict(gamma_mode="dropblock", normalize="sample")):
+            y = ck.camdrop(x, cam, alpha, 0.2, 5, **kw)
+            y.backward(torch.ones_like(y))
+            ck.camdrop(x.detach(), cam, alpha, 0.2, 5, seed=3, **kw)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
 
 def test_cuda_graph_replays_draw_fresh_masks():
     x, cam, alpha = (t.cuda() for t in inputs((8, 64, 28, 28), torch.bfloat16))
-    kw = dict(drop_prob=0.5, block_size=3, top_pixels=1.0, gamma_scale=3.0)  # gamma = 0.5*3*784/(9*676)
+    kw = dict(drop_prob=0.5, block_size=3, top_pixels=1.0, gamma_mode="dropblock", gamma_scale=3.0)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -99,8 +113,10 @@ def test_cuda_graph_replays_draw_fresh_masks():
     for y in results:
         dropped = y == 0
         assert dropped.any()
-        ratio = (y.float()[~dropped] / x.float()[~dropped])
+        ratio = y.float()[~dropped] / x.float()[~dropped]
         assert ratio.min() > 1.0 and (ratio.max() - ratio.min()) < 0.02  # one scale (bf16 rounding)
+    # Eager calls after the replays still work (the completion counters were left at 0).
+    assert torch.equal(ck.camdrop(x, cam, alpha, **kw, seed=5), ck.camdrop(x, cam, alpha, **kw, seed=5))
 
 
 def test_compile_fullgraph_forward_backward_cuda():
@@ -136,13 +152,39 @@ def test_bf16_under_autocast():
     y.float().sum().backward()
 
 
-def test_triton_saved_state_is_compact():
-    from camdrop_kernels import triton_backend
+def test_two_kernels_forward_one_backward_in_the_profiler():
+    """On the device: the forward runs the state and apply kernels and nothing else; the backward one
+    apply (autograd's own zero fills for the statistics outputs aside, see test_triton_paths)."""
+    x, cam, alpha = (t.cuda() for t in inputs((16, 256, 28, 28), torch.bfloat16))
+    x.requires_grad_()
+    dy = torch.randn_like(x)
+    ck.camdrop(x, cam, alpha, 0.1, 7).backward(dy)  # compile and cache outside the count
+    torch.cuda.synchronize()
 
+    def kernels(fn):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+    y = None
+
+    def forward():
+        nonlocal y
+        y = ck.camdrop(x, cam, alpha, 0.1, 7)
+
+    names = kernels(forward)
+    assert len(names) == 2 and "state_kernel" in names[0] and "apply" in names[1], names
+    names = kernels(lambda: y.backward(dy))
+    ours = [n for n in names if "apply" in n]
+    assert len(ours) == 1, names
+
+
+def test_saved_state_is_compact():
     x, cam, alpha = (t.cuda() for t in inputs((64, 256, 56, 56), torch.bfloat16))
-    cfg = CamDropConfig.build(tuple(x.shape), 0.1, 7, None, None, "square", "batch", "dropblock", 1.0)
-    _, slot, bits, scale, _ = ops.camdrop_op(x, cam, alpha, torch.tensor(1, device="cuda"), 0.1, 7, cfg.top_pixels,
-                                         cfg.top_channels, "square", "batch", "dropblock", 1.0, "triton")
-    mask_bits = bits.numel() * 32
-    assert mask_bits <= cfg.N * cfg.top_channels * (cfg.H * cfg.W + 31)  # one bit per element (+ padding)
-    assert triton_backend.mask_spec(cfg)[0] == tuple(bits.shape)
+    opts = Options.get(2, 7, None, None, "square", "batch", "dropblock", 1.0)
+    slots, bits, scale, _, _ = ops.build_state(x, cam, alpha, torch.tensor(1), rate(0.1), opts)
+    geo = opts.geometry(256, (56, 56))
+    assert tuple(bits.shape) == (64, geo.top_channels, geo.words)
+    assert bits.numel() * 32 <= 64 * geo.top_channels * (56 * 56 + 31)  # one bit per element (+ padding)
+    assert tuple(slots.shape) == (64, 256) and tuple(scale.shape) == (64,)

@@ -13,14 +13,16 @@ KEY_B = tl.constexpr(0xBB67AE85)
 
 
 @triton.jit
-def seed_key(seed_ptr, seed_value, SEED_FROM_PTR: tl.constexpr):
-    """The int64 seed (in device memory, or passed by value) as the Philox key words (low, high)."""
-    if SEED_FROM_PTR:
+def seed_key(seed_ptr, seed_lo, seed_hi, from_ptr):
+    """The int64 seed as the Philox key words (low, high): passed by value as its two 32-bit halves
+    (int32 arguments, so that every seed has one signature), or read from device memory when
+    ``from_ptr`` is nonzero."""
+    k0 = (tl.full((), 0, tl.int32) + seed_lo).to(tl.uint32, bitcast=True)
+    k1 = (tl.full((), 0, tl.int32) + seed_hi).to(tl.uint32, bitcast=True)
+    if from_ptr != 0:
         s = tl.load(seed_ptr)
-    else:
-        s = tl.full((), 0, tl.int64) + seed_value
-    k0 = (s & 0xFFFFFFFF).to(tl.uint32)
-    k1 = ((s >> 32) & 0xFFFFFFFF).to(tl.uint32)
+        k0 = (s & 0xFFFFFFFF).to(tl.uint32)
+        k1 = ((s >> 32) & 0xFFFFFFFF).to(tl.uint32)
     return k0, k1
 
 
@@ -32,11 +34,13 @@ def uniform(k0, k1, offset):
     c2 = c0 * 0
     c3 = c0 * 0
     for _ in tl.static_range(10):
-        _c0, _c2 = c0, c2
-        c0 = tl.umulhi(ROUND_B, _c2) ^ c1 ^ k0
-        c2 = tl.umulhi(ROUND_A, _c0) ^ c3 ^ k1
-        c1 = tl.mul(ROUND_B, _c2, sanitize_overflow=False)
-        c3 = tl.mul(ROUND_A, _c0, sanitize_overflow=False)
+        # Each 32 x 32 -> 64-bit product in one multiply (mul.wide: both halves at once).
+        pb = c2.to(tl.uint64) * ROUND_B
+        pa = c0.to(tl.uint64) * ROUND_A
+        c0 = (pb >> 32).to(tl.uint32) ^ c1 ^ k0
+        c2 = (pa >> 32).to(tl.uint32) ^ c3 ^ k1
+        c1 = pb.to(tl.uint32)
+        c3 = pa.to(tl.uint32)
         k0 = tl.add(k0, KEY_A, sanitize_overflow=False)
         k1 = tl.add(k1, KEY_B, sanitize_overflow=False)
     x = c0.to(tl.int32, bitcast=True)

@@ -1,0 +1,219 @@
+"""GPU timings for benchmarks/gpu_check.sh: CamDrop at (64, 256, 56, 56) bfloat16 against the copy and
+multiply floors and its peers, in both gamma modes, NCHW and channels_last.
+
+Each contender is timed three ways: wall clock around one call with a sync after it (host time
+plus one launch wave: what the old check measured), CUDA events around K back-to-back calls
+(device time per call), and replays of a CUDA graph of K calls (device time without launch
+gaps). Medians of R repetitions. Figures go to ``--out`` as JSON; the targets of issue 14 are
+judged from the event timings (and shown beside the graph ones).
+
+``--one-forward`` warms up and then runs exactly one CamDrop forward between
+cudaProfilerStart/Stop, for ``ncu --profile-from-start off``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+import camdrop_kernels as ck
+from camdrop_kernels import ops
+from camdrop_kernels.options import Options
+
+SHAPE = (64, 256, 56, 56)
+DTYPE = torch.bfloat16
+P_DROP, BLOCK = 0.1, 7
+
+
+def inputs(layout: str, requires_grad: bool = False):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    N, C, H, W = SHAPE
+    x = torch.randn(SHAPE, device="cuda", dtype=DTYPE, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    cam = torch.randn(N, H, W, device="cuda", generator=g)
+    alpha = torch.randn(N, C, device="cuda", generator=g)
+    return x.requires_grad_(requires_grad), cam, alpha
+
+
+def timed(fn: Callable[[], object], reps: int = 15, inner: int = 10, graph: bool = True) -> Dict[str, Optional[float]]:
+    """{"wall_us", "event_us", "graph_us"} per call (medians), graph_us None if capture failed."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    wall = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall.append((time.perf_counter() - t0) * 1e6)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    events = []
+    for _ in range(reps):
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        events.append(start.elapsed_time(end) * 1e3 / inner)
+    out = dict(wall_us=statistics.median(wall), event_us=statistics.median(events), graph_us=None, graph_error=None)
+    if graph:
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(inner):
+                    fn()
+            g.replay()
+            torch.cuda.synchronize()
+            replays = []
+            for _ in range(reps):
+                start.record()
+                g.replay()
+                end.record()
+                end.synchronize()
+                replays.append(start.elapsed_time(end) * 1e3 / inner)
+            out["graph_us"] = statistics.median(replays)
+            del g
+        except Exception as exc:  # report, do not fail the run
+            out["graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    torch.cuda.synchronize()
+    return out
+
+
+def contenders(layout: str) -> Dict[str, tuple]:
+    """name -> (fn, bytes moved per call, pass)."""
+    x, cam, alpha = inputs(layout)
+    xg, _, _ = inputs(layout, requires_grad=True)
+    dy = torch.randn_like(x)
+    nbytes = x.numel() * x.element_size()
+    scale = torch.tensor(1 / (1 - P_DROP), device="cuda", dtype=DTYPE)
+    found: Dict[str, tuple] = {
+        "copy": (lambda: x.clone(), 2 * nbytes, "forward"),
+        "multiply": (lambda: x * scale, 2 * nbytes, "forward"),
+        "multiply fwd+bwd": (lambda: torch.autograd.grad(xg * scale, xg, dy), 4 * nbytes, "forward+backward"),
+    }
+    for mode in ("eligible", "dropblock"):
+        kw = dict(gamma_mode=mode)
+        opts = Options.get(2, BLOCK, None, None, "square", "batch", mode, 1.0)
+        seed, rate = torch.tensor(1234), torch.tensor(P_DROP, dtype=torch.float64)
+        state = ops.build_state(x, cam, alpha, seed, rate, opts)
+        found[f"camdrop[{mode}]"] = (lambda kw=kw: ck.camdrop(x, cam, alpha, P_DROP, BLOCK, **kw), 2 * nbytes,
+                                     "forward")
+        found[f"camdrop[{mode}] fwd+bwd"] = (
+            lambda kw=kw: torch.autograd.grad(ck.camdrop(xg, cam, alpha, P_DROP, BLOCK, **kw), xg, dy), 4 * nbytes,
+            "forward+backward")
+        found[f"mask build[{mode}]"] = (lambda opts=opts: ops.build_state(x, cam, alpha, seed, rate, opts), 0,
+                                        "forward")
+        found[f"apply[{mode}]"] = (lambda state=state: ops.camdrop_apply(x, *state[:3]), 2 * nbytes, "forward")
+    found["F.dropout"] = (lambda: F.dropout(x, P_DROP, training=True), 2 * nbytes, "forward")
+    try:
+        from timm.layers.drop import drop_block_2d
+
+        found["timm drop_block_2d[coupled]"] = (
+            lambda: drop_block_2d(x, P_DROP, BLOCK, couple_channels=True), 2 * nbytes, "forward")
+        found["timm drop_block_2d[per channel]"] = (
+            lambda: drop_block_2d(x, P_DROP, BLOCK, couple_channels=False), 2 * nbytes, "forward")
+    except Exception as exc:  # timm missing or its API changed: say so in the output
+        print(f"gpu_bench: timm DropBlock unavailable: {exc}", file=sys.stderr)
+    try:
+        from torchvision.ops import drop_block2d
+
+        found["torchvision drop_block2d"] = (lambda: drop_block2d(x, P_DROP, BLOCK), 2 * nbytes, "forward")
+    except Exception as exc:
+        print(f"gpu_bench: torchvision drop_block2d unavailable: {exc}", file=sys.stderr)
+    return found
+
+
+def run(layouts=("contiguous", "channels_last")) -> dict:
+    results: Dict[str, dict] = {}
+    for layout in layouts:
+        for name, (fn, nbytes, kind) in contenders(layout).items():
+            t = timed(fn)
+            t.update(bytes=nbytes, kind=kind)
+            if nbytes:
+                t["event_gbs"] = nbytes / t["event_us"] / 1e3
+                if t["graph_us"]:
+                    t["graph_gbs"] = nbytes / t["graph_us"] / 1e3
+            results[f"{layout} | {name}"] = t
+            print(f"{layout:14s} {name:34s} wall {t['wall_us']:9.1f} us  event {t['event_us']:9.1f} us  graph "
+                  f"{t['graph_us'] if t['graph_us'] is None else round(t['graph_us'], 1)} us", flush=True)
+        torch.cuda.empty_cache()
+    return dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=list(SHAPE), dtype=str(DTYPE),
+                results=results, targets=targets(results, layouts))
+
+
+def targets(results: dict, layouts) -> list:
+    """Issue 14's per-layout targets from the event (and graph) timings: (text, value, met)."""
+    out = []
+    for layout in layouts:
+        r = {k.split(" | ", 1)[1]: v for k, v in results.items() if k.startswith(layout + " | ")}
+        for mode in ("eligible", "dropblock"):
+            fwd, fb = r.get(f"camdrop[{mode}]"), r.get(f"camdrop[{mode}] fwd+bwd")
+            if not fwd:
+                continue
+            for clock in ("event", "graph"):
+                us = fwd.get(f"{clock}_us")
+                copy_us = r["copy"].get(f"{clock}_us")
+                if us and copy_us:
+                    share = copy_us / us  # same bytes: bandwidth ratio
+                    out.append((f"{layout} {mode} forward / copy bandwidth ({clock})", round(share, 3), share >= 0.85))
+            if fb and r.get("multiply fwd+bwd"):
+                ratio = fb["event_us"] / r["multiply fwd+bwd"]["event_us"]
+                out.append((f"{layout} {mode} fwd+bwd / multiply fwd+bwd (event)", round(ratio, 3), ratio <= 1.15))
+            mask = r.get(f"mask build[{mode}]")
+            if mask:
+                share = mask["event_us"] / fwd["event_us"]
+                out.append((f"{layout} {mode} mask build / forward (event)", round(share, 3), share < 0.10))
+            for peer in ("F.dropout", "timm drop_block_2d[coupled]", "timm drop_block_2d[per channel]",
+                         "torchvision drop_block2d"):
+                if peer in r:
+                    speedup = r[peer]["event_us"] / fwd["event_us"]
+                    out.append((f"{layout} {mode} speed-up over {peer} (event)", round(speedup, 2), speedup > 1.0))
+    return out
+
+
+def one_forward() -> None:
+    """Warm up, then exactly one forward of each gamma mode between cudaProfilerStart/Stop (ncu)."""
+    x, cam, alpha = inputs("contiguous")
+    for mode in ("eligible", "dropblock"):
+        ck.camdrop(x, cam, alpha, P_DROP, BLOCK, gamma_mode=mode)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for mode in ("eligible", "dropblock"):
+        ck.camdrop(x, cam, alpha, P_DROP, BLOCK, gamma_mode=mode)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="write the JSON here")
+    parser.add_argument("--one-forward", action="store_true")
+    args = parser.parse_args(argv)
+    if args.one_forward:
+        one_forward()
+        return 0
+    result = run()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    print("\ntargets (issue 14):")
+    for text, value, met in result["targets"]:
+        print(f"  {'met ' if met else 'MISS'} {text}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

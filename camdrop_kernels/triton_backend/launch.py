@@ -1,0 +1,123 @@
+"""Cached launch plans and direct launches of compiled Triton kernels.
+
+A ``Plan`` is everything about a launch that depends only on its cache key (shapes, strides,
+dtypes, options, device): the kernel, the grid, the constexprs, the warps. Per call only the
+tensors and a few per-call scalars change. The first launch of a plan on a device goes through
+``kernel[grid](...)`` (Triton compiles and specialises there) and keeps the ``CompiledKernel``
+it returns; later launches call its launcher directly with the same argument list (every
+parameter in order, constexprs included, as ``JITFunction.run`` passes them in Triton 3.6
+to 3.8), skipping Triton's per-call argument binding and specialisation. The cache keys hold
+everything that specialisation looks at (integer values come from the keyed shapes and
+strides; pointer alignment is keyed or switched off per parameter; per-call integers are
+``do_not_specialize``), so the kept kernel is the one ``kernel[grid]`` would pick.
+
+When Triton runs a launch hook (a profiler), or in the interpreter, every launch goes through
+``kernel[grid]``. ``HOOK``, when set, is called instead of launching (the report's stubbed
+launches and launch counts).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from ..backends import triton_interpreting
+
+INTERPRET = triton_interpreting()
+# Called as HOOK(plan, args) instead of launching, when set (see report.py).
+HOOK: Optional[Callable[["Plan", tuple], None]] = None
+
+try:  # Triton >= 3.4 keeps its runtime switches in knobs
+    from triton import knobs as _knobs
+
+    def _launch_hooked() -> bool:
+        return _knobs.runtime.launch_enter_hook is not None
+except ImportError:  # pragma: no cover - older Triton
+    def _launch_hooked() -> bool:
+        return True
+
+_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+_get_device = getattr(torch._C, "_cuda_getDevice", None)
+
+
+class Plan:
+    """One kernel specialisation ready to launch: ``plan.launch(args, device_index)``."""
+
+    __slots__ = ("name", "fn", "grid", "constexprs", "cvalues", "static", "num_warps", "num_stages", "maxnreg",
+                 "compiled", "info")
+
+    def __init__(self, name: str, fn, grid: Tuple[int, int, int], constexprs: Dict[str, object], static: tuple,
+                 num_warps: int, num_stages: int = 1, maxnreg: Optional[int] = None, info: Optional[dict] = None):
+        names = fn.arg_names
+        tail = names[len(names) - len(constexprs):]
+        if set(tail) != set(constexprs):
+            raise ValueError(f"{name}: constexprs must be the last parameters of {fn.__name__}")
+        self.name = name
+        self.fn = fn
+        self.grid = grid
+        self.constexprs = constexprs
+        self.cvalues = tuple(constexprs[k] for k in tail)
+        self.static = static  # the non-constexpr arguments fixed by the cache key (after the per-call ones)
+        self.num_warps = num_warps
+        self.num_stages = num_stages
+        self.maxnreg = maxnreg  # a register budget per thread for ptxas (None: its own choice)
+        self.compiled: Dict[int, object] = {}
+        self.info = info or {}
+
+    def launch(self, args: tuple, device_index: int) -> None:
+        """Launch on the current stream of ``device_index`` (ignored in the interpreter)."""
+        if HOOK is not None:
+            HOOK(self, args)
+            return
+        kernel = self.compiled.get(device_index)
+        if kernel is None or _launch_hooked():
+            self._launch_through_triton(args, device_index)
+            return
+        g0, g1, g2 = self.grid
+        if _get_device() != device_index:  # the kernel's handle lives in that device's context
+            with torch.cuda.device(device_index):
+                kernel.run(g0, g1, g2, _stream(device_index), kernel.function, kernel.packed_metadata, None, None,
+                           None, *args, *self.cvalues)
+            return
+        kernel.run(g0, g1, g2, _stream(device_index), kernel.function, kernel.packed_metadata, None, None, None,
+                   *args, *self.cvalues)
+
+    def options(self) -> dict:
+        """The compile options of this launch (what ``kernel[grid]`` and ``triton.compile`` take)."""
+        opts = dict(num_warps=self.num_warps, num_stages=self.num_stages)
+        if self.maxnreg is not None:
+            opts["maxnreg"] = self.maxnreg
+        return opts
+
+    def _launch_through_triton(self, args: tuple, device_index: int) -> None:
+        if INTERPRET or device_index < 0:
+            self.fn[self.grid](*args, **self.constexprs, **self.options())
+            return
+        with torch.cuda.device(device_index):
+            kernel = self.fn[self.grid](*args, **self.constexprs, **self.options())
+        if kernel is not None and hasattr(kernel, "packed_metadata"):
+            self.compiled[device_index] = kernel
+
+
+def device_index(t: torch.Tensor) -> int:
+    """CUDA device index of t, -1 for the CPU (the interpreter)."""
+    return t.get_device()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (>= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def magic(d: int) -> Tuple[int, int]:
+    """(m, s) with x // d == (x * m) >> s for every int32 0 <= x < 2**31 (x * m < 2**63).
+
+    Granlund-Montgomery with 31-bit dividends: l = ceil(log2 d), m = floor(2**(31+l) / d) + 1
+    (at most 2**32), s = 31 + l."""
+    d = max(int(d), 1)
+    l = (d - 1).bit_length()
+    return (1 << (31 + l)) // d + 1, 31 + l
