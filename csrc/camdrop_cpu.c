@@ -987,6 +987,8 @@ typedef struct {
     int64_t sx[5], sy[5]; /* strides of (n, c, d, h, w) in elements (0 for missing axes) */
     int flat;             /* every plane of x and y has pixel q at q * (w stride) */
     int64_t block_channels; /* channels per work item when x and y are dense NCHW */
+    const uint32_t *keep;   /* (N, C): all ones outside the top channels, 0 at them */
+    const int64_t *ntop;    /* (N,): top channels per sample */
 } ApplyCtx;
 
 static inline void sample_scale(const ApplyCtx *a, int64_t i, double *s64, float *s32) {
@@ -1076,36 +1078,103 @@ static void apply_segments(void *p, int64_t begin, int64_t end, int tid) {
     }
 }
 
+#if defined(HAVE_X86)
+/* y[k] = +0.0 where bit k of ``bits`` is set, else x[k] * s (float32, contiguous): the multiply and
+   the mask in one pass, 8 lanes at a time (a lane's bit shifted down by its lane index, then a
+   compare makes an all-ones keep mask; AND with it zeroes the dropped lanes' bits exactly). */
+__attribute__((target("avx2"))) static void scale_masked_f32(const float *x, float *y, int64_t n, float s,
+                                                             const uint32_t *bits) {
+    const __m256 vs = _mm256_set1_ps(s);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), one = _mm256_set1_epi32(1);
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        uint32_t w = (bits[k >> 5] >> (k & 31)) & 0xFFu; /* k is a multiple of 8: these 8 bits */
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + k), vs);
+        if (w) {
+            __m256i b = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), lane), one);
+            v = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, _mm256_setzero_si256())));
+        }
+        _mm256_storeu_ps(y + k, v);
+    }
+    for (; k < n; ++k) y[k] = ((bits[k >> 5] >> (k & 31)) & 1) ? 0.0f : x[k] * s;
+}
+#endif
+
+#if defined(HAVE_X86)
+/* y[k] = x[k] * s with the bits of y[k] ANDed with keep[k] (0: +0.0), float32, x and y contiguous. */
+__attribute__((target("avx2"))) static void scale_keep_f32(const float *x, float *y, int64_t n, float s,
+                                                           const uint32_t *keep) {
+    const __m256 vs = _mm256_set1_ps(s);
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + k), vs);
+        _mm256_storeu_ps(y + k, _mm256_and_ps(v, _mm256_loadu_ps((const float *)(keep + k))));
+    }
+    for (; k < n; ++k) y[k] = keep[k] ? x[k] * s : 0.0f;
+}
+#endif
+
 /* Dense NCHW (x and y contiguous per sample: plane c at c * P): a work item is a block of
-   consecutive channels of one sample, multiplied as one run (small maps no longer pay a call per
-   plane), then the dropped runs of its top channels zeroed. */
+   consecutive channels of one sample. Runs of channels outside the top ones are one plain
+   multiply (small maps do not pay a call per plane); a top channel's plane is multiplied and
+   masked in one pass where that is vectorised (float32 with AVX2), else multiplied and then its
+   dropped runs zeroed. */
 static void apply_blocks(void *p, int64_t begin, int64_t end, int tid) {
     (void)tid;
     const ApplyCtx *a = p;
     const int es = a->x.esize;
-    const int64_t per_block = a->block_channels, blocks = (a->C + per_block - 1) / per_block;
+    const int64_t per_block = a->block_channels, blocks = (a->C + per_block - 1) / per_block, P = a->P;
+#if defined(HAVE_X86)
+    const int fused = have_avx2 && a->x.type == T_F32;
+#else
+    const int fused = 0;
+#endif
     for (int64_t item = begin; item < end; ++item) {
         int64_t i = item / blocks, c0 = (item % blocks) * per_block;
         int64_t c1 = c0 + per_block < a->C ? c0 + per_block : a->C;
         double s64;
         float s32;
         sample_scale(a, i, &s64, &s32);
-        const char *x = a->x.data + (i * a->sx[0] + c0 * a->sx[1]) * es;
-        char *y = a->y.data + (i * a->sy[0] + c0 * a->sy[1]) * es;
-        scale_run(a->x.type, x, 1, y, 1, (c1 - c0) * a->P, s64, s32);
-        for (int64_t c = c0; c < c1; ++c) {
-            int32_t slot = a->slots[i * a->C + c];
-            if (slot >= 0) zero_row(a->bits + (i * a->n_chan + slot) * a->words, 0, a->P, y + (c - c0) * a->P * es, 1, es);
+        const char *x = a->x.data + i * a->sx[0] * es;
+        char *y = a->y.data + i * a->sy[0] * es;
+        const int32_t *slot = a->slots + i * a->C;
+        int64_t c = c0;
+        while (c < c1) {
+            int64_t run = c;
+            while (run < c1 && slot[run] < 0) ++run; /* channels outside the top ones: one multiply */
+            if (run > c) scale_run(a->x.type, x + c * P * es, 1, y + c * P * es, 1, (run - c) * P, s64, s32);
+            if (run == c1) break;
+            const uint32_t *plane = a->bits + (i * a->n_chan + slot[run]) * a->words;
+#if defined(HAVE_X86)
+            if (fused) {
+                scale_masked_f32((const float *)(x + run * P * es), (float *)(y + run * P * es), P, s32, plane);
+                c = run + 1;
+                continue;
+            }
+#endif
+            scale_run(a->x.type, x + run * P * es, 1, y + run * P * es, 1, P, s64, s32);
+            zero_row(plane, 0, P, y + run * P * es, 1, es);
+            c = run + 1;
         }
     }
+    (void)fused;
 }
 
-/* Channel-inner order (channels_last): work item = 32 pixels (one mask word) of one sample. */
+/* Channel-inner order (channels_last): work item = 32 pixels (one mask word) of one sample. The
+   AND and the OR of the top channels' mask words tell, per pixel, whether every top channel is
+   dropped there (the usual case once the rate saturates: then one vectorised multiply ANDed
+   with the sample's keep mask, 0 at its top channels), none (a plain multiply), or some (a
+   multiply, then a store for each top channel whose bit is set). */
 static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
     (void)tid;
     const ApplyCtx *a = p;
     const int64_t H = a->S[1], W = a->S[2], C = a->C, nc = a->n_chan;
     const int es = a->x.esize;
+#if defined(HAVE_X86)
+    const int fused = have_avx2 && a->x.type == T_F32 && a->sx[1] == 1 && a->sy[1] == 1;
+#else
+    const int fused = 0;
+#endif
     for (int64_t item = begin; item < end; ++item) {
         int64_t i = item / a->words, k = item % a->words;
         double s64;
@@ -1113,19 +1182,33 @@ static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
         sample_scale(a, i, &s64, &s32);
         const uint32_t *planes = a->bits + i * nc * a->words;
         const int32_t *chan = a->chan + i * nc;
-        uint32_t any = 0;
-        for (int64_t j = 0; j < nc; ++j) any |= planes[j * a->words + k];
+        uint32_t all = 0xFFFFFFFFu, some = 0;
+        for (int64_t j = 0; j < nc; ++j) {
+            if (chan[j] < 0) continue;
+            all &= planes[j * a->words + k];
+            some |= planes[j * a->words + k];
+        }
+        if (a->ntop[i] == 0) all = 0;
         int64_t f0 = k * 32, f1 = f0 + 32 < a->P ? f0 + 32 : a->P;
         int64_t w = f0 % W, h = (f0 / W) % H, d = f0 / (W * H);
         for (int64_t f = f0; f < f1; ++f) {
+            const int b = (int)(f - f0);
             const char *x = a->x.data + (i * a->sx[0] + d * a->sx[2] + h * a->sx[3] + w * a->sx[4]) * es;
             char *y = a->y.data + (i * a->sy[0] + d * a->sy[2] + h * a->sy[3] + w * a->sy[4]) * es;
-            scale_run(a->x.type, x, a->sx[1], y, a->sy[1], C, s64, s32);
-            if ((any >> (f & 31)) & 1) {
-                for (int64_t j = 0; j < nc; ++j)
-                    if (chan[j] >= 0 && ((planes[j * a->words + k] >> (f & 31)) & 1))
-                        zero_run(y + chan[j] * a->sy[1] * es, 1, 1, es);
+#if defined(HAVE_X86)
+            if (fused && ((all >> b) & 1)) {
+                scale_keep_f32((const float *)x, (float *)y, C, s32, a->keep + i * C);
+                goto next;
             }
+#endif
+            scale_run(a->x.type, x, a->sx[1], y, a->sy[1], C, s64, s32);
+            if ((some >> b) & 1)
+                for (int64_t j = 0; j < nc; ++j) /* the stores of one pixel fall in its own row */
+                    if (chan[j] >= 0 && ((planes[j * a->words + k] >> b) & 1))
+                        zero_run(y + chan[j] * a->sy[1] * es, 1, 1, es);
+#if defined(HAVE_X86)
+        next:
+#endif
             if (++w == W) {
                 w = 0;
                 if (++h == H) {
@@ -1135,6 +1218,7 @@ static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
             }
         }
     }
+    (void)fused;
 }
 
 static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyObject *o_bits, PyObject *o_scale,
@@ -1186,9 +1270,11 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
     if (a.N * a.C * a.P == 0) Py_RETURN_NONE;
     /* Every slot must be -1 or name a distinct plane of ``bits``: check all, keep the checked copy
        (the kernels read that, never the caller's memory again), and map slots back to channels. */
-    int32_t *chan = malloc(sizeof(int32_t) * (size_t)(a.N * a.n_chan + a.N * a.C + 1));
+    int32_t *chan = malloc(sizeof(int32_t) * (size_t)(a.N * a.n_chan + 2 * a.N * a.C + 2 * a.N + 2));
     if (!chan) return PyErr_NoMemory();
     int32_t *slot_copy = chan + a.N * a.n_chan;
+    uint32_t *keep = (uint32_t *)(slot_copy + a.N * a.C);
+    int64_t *ntop = (int64_t *)(((uintptr_t)(keep + a.N * a.C) + 7) & ~(uintptr_t)7);
     memcpy(slot_copy, a.slots, sizeof(int32_t) * (size_t)(a.N * a.C));
     a.slots = slot_copy;
     for (int64_t q = 0; q < a.N * a.n_chan; ++q) chan[q] = -1;
@@ -1203,7 +1289,16 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
             }
             if (s >= 0) chan[i * a.n_chan + s] = (int32_t)c;
         }
+    for (int64_t i = 0; i < a.N; ++i) {
+        ntop[i] = 0;
+        for (int64_t c = 0; c < a.C; ++c) {
+            keep[i * a.C + c] = a.slots[i * a.C + c] >= 0 ? 0u : 0xFFFFFFFFu;
+            ntop[i] += a.slots[i * a.C + c] >= 0;
+        }
+    }
     a.chan = chan;
+    a.keep = keep;
+    a.ntop = ntop;
     a.flat = (a.S[1] == 1 || (a.sx[3] == a.S[2] * a.sx[4] && a.sy[3] == a.S[2] * a.sy[4])) &&
              (a.S[0] == 1 || (a.sx[2] == a.S[1] * a.S[2] * a.sx[4] && a.sy[2] == a.S[1] * a.S[2] * a.sy[4]));
     /* Channels innermost in memory (channels_last): walk pixels, channels inside; else planes. */
