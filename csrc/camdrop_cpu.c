@@ -1138,6 +1138,14 @@ static void apply_blocks(void *p, int64_t begin, int64_t end, int tid) {
         const char *x = a->x.data + i * a->sx[0] * es;
         char *y = a->y.data + i * a->sy[0] * es;
         const int32_t *slot = a->slots + i * a->C;
+        if (P < 512) {
+            /* Small maps: one multiply for the whole block (a call per plane would cost more than
+               the plane), then the top planes' dropped runs zeroed while they are in cache. */
+            scale_run(a->x.type, x + c0 * P * es, 1, y + c0 * P * es, 1, (c1 - c0) * P, s64, s32);
+            for (int64_t c = c0; c < c1; ++c)
+                if (slot[c] >= 0) zero_row(a->bits + (i * a->n_chan + slot[c]) * a->words, 0, P, y + c * P * es, 1, es);
+            continue;
+        }
         int64_t c = c0;
         while (c < c1) {
             int64_t run = c;
@@ -1289,7 +1297,9 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
             }
             if (s >= 0) chan[i * a.n_chan + s] = (int32_t)c;
         }
-    for (int64_t i = 0; i < a.N; ++i) {
+    /* Channels innermost in memory (channels_last): walk pixels, channels inside; else planes. */
+    int channel_inner = a.C > 1 && a.x.strides[1] == 1 && a.P > 1;
+    for (int64_t i = 0; channel_inner && i < a.N; ++i) { /* the keep masks only the pixel walk uses */
         ntop[i] = 0;
         for (int64_t c = 0; c < a.C; ++c) {
             keep[i * a.C + c] = a.slots[i * a.C + c] >= 0 ? 0u : 0xFFFFFFFFu;
@@ -1301,8 +1311,6 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
     a.ntop = ntop;
     a.flat = (a.S[1] == 1 || (a.sx[3] == a.S[2] * a.sx[4] && a.sy[3] == a.S[2] * a.sy[4])) &&
              (a.S[0] == 1 || (a.sx[2] == a.S[1] * a.S[2] * a.sx[4] && a.sy[2] == a.S[1] * a.S[2] * a.sy[4]));
-    /* Channels innermost in memory (channels_last): walk pixels, channels inside; else planes. */
-    int channel_inner = a.C > 1 && a.x.strides[1] == 1 && a.P > 1;
     int T = (int)threads;
     if (a.x.numel < 32768) T = 1; /* the pool's wake-up costs more than it saves */
     Py_BEGIN_ALLOW_THREADS
