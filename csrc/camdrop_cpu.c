@@ -988,6 +988,7 @@ typedef struct {
     int flat;             /* every plane of x and y has pixel q at q * (w stride) */
     int64_t block_channels; /* channels per work item when x and y are dense NCHW */
     const uint32_t *keep;   /* (N, C): all ones outside the top channels, 0 at them */
+    int dense_pixels;       /* channels_last without gaps: pixel q of sample i at i*sn + q*C */
     const int64_t *ntop;    /* (N,): top channels per sample */
 } ApplyCtx;
 
@@ -1198,6 +1199,25 @@ static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
         }
         if (a->ntop[i] == 0) all = 0;
         int64_t f0 = k * 32, f1 = f0 + 32 < a->P ? f0 + 32 : a->P;
+        if (a->dense_pixels) {
+            /* channels_last with no gaps: the 32 pixels are 32 * C consecutive elements. One multiply
+               for all of them, then the dropped ones fixed in place (y's row just written). */
+            const int64_t base = i * a->sx[0] + f0 * C, ybase = i * a->sy[0] + f0 * C;
+            scale_run(a->x.type, a->x.data + base * es, 1, a->y.data + ybase * es, 1, (f1 - f0) * C, s64, s32);
+            for (int b = 0; some && b < (int)(f1 - f0); ++b) {
+                if (!((some >> b) & 1)) continue;
+                char *y = a->y.data + (ybase + b * C) * es;
+                if (((all >> b) & 1) && es == 4) { /* every top channel: AND with the keep mask */
+                    uint32_t *yw = (uint32_t *)y;
+                    const uint32_t *keep = a->keep + i * C;
+                    for (int64_t c = 0; c < C; ++c) yw[c] &= keep[c];
+                    continue;
+                }
+                for (int64_t j = 0; j < nc; ++j)
+                    if (chan[j] >= 0 && ((planes[j * a->words + k] >> b) & 1)) zero_run(y + chan[j] * es, 1, 1, es);
+            }
+            continue;
+        }
         int64_t w = f0 % W, h = (f0 / W) % H, d = f0 / (W * H);
         for (int64_t f = f0; f < f1; ++f) {
             const int b = (int)(f - f0);
@@ -1311,6 +1331,9 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
     a.ntop = ntop;
     a.flat = (a.S[1] == 1 || (a.sx[3] == a.S[2] * a.sx[4] && a.sy[3] == a.S[2] * a.sy[4])) &&
              (a.S[0] == 1 || (a.sx[2] == a.S[1] * a.S[2] * a.sx[4] && a.sy[2] == a.S[1] * a.S[2] * a.sy[4]));
+    a.dense_pixels = channel_inner && a.sx[1] == 1 && a.sy[1] == 1 && a.sx[4] == a.C && a.sy[4] == a.C &&
+                     (a.S[1] == 1 || (a.sx[3] == a.S[2] * a.C && a.sy[3] == a.S[2] * a.C)) &&
+                     (a.S[0] == 1 || (a.sx[2] == a.S[1] * a.S[2] * a.C && a.sy[2] == a.S[1] * a.S[2] * a.C));
     int T = (int)threads;
     if (a.x.numel < 32768) T = 1; /* the pool's wake-up costs more than it saves */
     Py_BEGIN_ALLOW_THREADS
