@@ -206,9 +206,10 @@ def _eager_kernels(x: Tensor):
     """In eager mode, for a plain tensor and no active torch mode, the kernels torch's dispatcher
     would pick for x's device, to call them without its few microseconds a hop. None (go through
     the dispatcher) for tensor subclasses (fake tensors, DTensor, ...), under dispatch or function
-    modes, for meta tensors, and under torch.compile."""
+    modes, for meta tensors, under torch.compile, and while the profiler records (so that it shows
+    the ops)."""
     if (type(x) is not Tensor or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._is_torch_function_mode_enabled()):
+            or torch._C._is_torch_function_mode_enabled() or torch._C._autograd._profiler_enabled()):
         return None
     if x.is_cpu:
         return _KERNELS["cpu"]

@@ -198,3 +198,16 @@ def test_transforms_are_refused_plainly():
     x, cam, alpha = torch.randn(3, 2, 8, 6, 6), torch.randn(3, 2, 6, 6), torch.randn(3, 2, 8)
     with pytest.raises(RuntimeError, match="torch.func transforms"):
         torch.vmap(lambda a, c, al: ck.camdrop(a, c, al, 0.3, 3))(x, cam, alpha)
+
+
+def test_the_profiler_sees_the_ops():
+    """Eager calls skip the dispatcher hop for speed, except while the profiler records: a user
+    profiling a training step sees camdrop's ops and their time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    cam, alpha = torch.randn(2, 6, 6), torch.randn(2, 8)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ck.camdrop(x, cam, alpha, 0.3, 3, seed=1).sum().backward()
+    names = {e.key for e in prof.key_averages()}
+    assert {"camdrop_kernels::camdrop", "camdrop_kernels::camdrop_apply"} <= names, names
