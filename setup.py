@@ -1,6 +1,6 @@
-"""setup.py beside pyproject.toml (which holds the metadata): the optional native CPU code.
+"""setup.py beside pyproject.toml (which holds the metadata): the optional native CPU kernels.
 
-``csrc/camdrop_cpu.c`` is a small C extension with no torch headers (it builds in about a
+``csrc/camdrop_cpu.c`` is a C extension with no torch headers (it builds in about a
 second). It is optional: without a C compiler the install still succeeds and the CPU path
 runs in plain torch, slower but identical bit for bit.
 """
