@@ -24,6 +24,13 @@ _MISSING = object()
 
 
 def _is_exporting() -> bool:
+    """True while torch.export traces (not under plain torch.compile).
+
+    Reads torch.export's own flag: up to torch 2.11 Dynamo folds ``torch.compiler.is_exporting()``
+    to True under every torch.compile, which would refuse compiled training."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    if flag is not None:
+        return bool(flag)
     is_exporting = getattr(torch.compiler, "is_exporting", None)
     return bool(is_exporting()) if is_exporting is not None else False
 

@@ -337,6 +337,26 @@ def test_torch_export():
     assert torch.equal(exported.module()(x), model(x))
 
 
+def test_compile_does_not_take_itself_for_export(monkeypatch):
+    """Up to torch 2.11 Dynamo folds ``torch.compiler.is_exporting()`` to True under every
+    torch.compile (the GPU machines run 2.11), so the export refusal must not ask it, or compiled
+    training fails there. Simulated by an is_exporting() that answers True while Dynamo traces."""
+    real = torch.compiler.is_exporting
+
+    def as_in_torch_2_11():  # True whenever Dynamo traces; torch.compile's own entry check gets the truth
+        return True if torch.compiler.is_compiling() else real()
+
+    monkeypatch.setattr(torch.compiler, "is_exporting", as_in_torch_2_11)
+    torch._dynamo.reset()
+    x, y = net_batch()
+    model = make_net()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with ck.targets(model, y):
+        out = compiled(x)
+    assert out.shape[0] == x.shape[0]
+    assert float(sum(layer.last_dropped_fraction for layer in ck.camdrop_layers(model))) > 0
+
+
 def test_swa_update_bn():
     """update_bn runs training-mode forwards without labels: it fails with advice, and works at rate 0."""
     x, y = net_batch()
