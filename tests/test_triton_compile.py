@@ -64,7 +64,14 @@ def test_compile_check_installed_triton():
 
 
 def test_report_installed_triton():
-    _check_report(_run(["camdrop_kernels.triton_backend.report", "--json"]))
+    import triton
+
+    from camdrop_kernels.triton_backend.state_kernel import HIST_GLOBAL
+
+    # Before 3.8 (the GPU machines run 3.6) the radix histograms count in L2: the 12% guard of
+    # test_report_triton_3_6 applies, not the 10% target.
+    share = 0.12 if HIST_GLOBAL.value else 0.10
+    _check_report(_run(["camdrop_kernels.triton_backend.report", "--json"]), triton.__version__, state_share=share)
 
 
 @pytest.fixture(scope="module")
