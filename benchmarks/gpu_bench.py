@@ -9,11 +9,16 @@ judged from the event timings (and shown beside the graph ones).
 
 ``--one-forward`` warms up and then runs exactly one CamDrop forward between
 cudaProfilerStart/Stop, for ``ncu --profile-from-start off``.
+
+``CAMDROP_GPU_DRY_RUN=1`` runs the same code on the CPU at a tiny shape, with wall-clock
+timers standing in for CUDA events and no graphs: the smoke test's check that the script works
+before a card is lent (its figures mean nothing).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,43 +31,77 @@ import camdrop_kernels as ck
 from camdrop_kernels import ops
 from camdrop_kernels.options import Options
 
-SHAPE = (64, 256, 56, 56)
+DRY_RUN = os.environ.get("CAMDROP_GPU_DRY_RUN") == "1"
+DEVICE = "cpu" if DRY_RUN else "cuda"
+SHAPE = (2, 16, 12, 12) if DRY_RUN else (64, 256, 56, 56)
 DTYPE = torch.bfloat16
 P_DROP, BLOCK = 0.1, 7
 
 
+def sync() -> None:
+    if not DRY_RUN:
+        torch.cuda.synchronize()
+
+
+class Clock:
+    """CUDA events (device time), or the wall clock in a dry run."""
+
+    def __init__(self):
+        self.cuda = None if DRY_RUN else torch.cuda.Event(enable_timing=True)
+        self.t = 0.0
+
+    def record(self) -> None:
+        if self.cuda is None:
+            self.t = time.perf_counter()
+        else:
+            self.cuda.record()
+
+    def elapsed_ms(self, end: "Clock") -> float:
+        """Milliseconds from this mark to ``end`` (waits for ``end``)."""
+        if self.cuda is None:
+            return (end.t - self.t) * 1e3
+        end.cuda.synchronize()
+        return self.cuda.elapsed_time(end.cuda)
+
+
+def device_name() -> str:
+    return "cpu (dry run)" if DRY_RUN else torch.cuda.get_device_name()
+
+
 def inputs(layout: str, requires_grad: bool = False):
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
     N, C, H, W = SHAPE
-    x = torch.randn(SHAPE, device="cuda", dtype=DTYPE, generator=g)
+    x = torch.randn(SHAPE, device=DEVICE, dtype=DTYPE, generator=g)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    cam = torch.randn(N, H, W, device="cuda", generator=g)
-    alpha = torch.randn(N, C, device="cuda", generator=g)
+    cam = torch.randn(N, H, W, device=DEVICE, generator=g)
+    alpha = torch.randn(N, C, device=DEVICE, generator=g)
     return x.requires_grad_(requires_grad), cam, alpha
 
 
 def timed(fn: Callable[[], object], reps: int = 15, inner: int = 10, graph: bool = True) -> Dict[str, Optional[float]]:
     """{"wall_us", "event_us", "graph_us"} per call (medians), graph_us None if capture failed."""
+    if DRY_RUN:
+        reps, inner, graph = 2, 2, False
     for _ in range(3):
         fn()
-    torch.cuda.synchronize()
+    sync()
     wall = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         wall.append((time.perf_counter() - t0) * 1e6)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start, end = Clock(), Clock()
     events = []
     for _ in range(reps):
         start.record()
         for _ in range(inner):
             fn()
         end.record()
-        end.synchronize()
-        events.append(start.elapsed_time(end) * 1e3 / inner)
-    out = dict(wall_us=statistics.median(wall), event_us=statistics.median(events), graph_us=None, graph_error=None)
+        events.append(start.elapsed_ms(end) * 1e3 / inner)
+    out = dict(wall_us=statistics.median(wall), event_us=statistics.median(events), graph_us=None,
+               graph_error="dry run: no CUDA graphs" if DRY_RUN else None)
     if graph:
         try:
             side = torch.cuda.Stream()
@@ -82,13 +121,12 @@ def timed(fn: Callable[[], object], reps: int = 15, inner: int = 10, graph: bool
                 start.record()
                 g.replay()
                 end.record()
-                end.synchronize()
-                replays.append(start.elapsed_time(end) * 1e3 / inner)
+                replays.append(start.elapsed_ms(end) * 1e3 / inner)
             out["graph_us"] = statistics.median(replays)
             del g
         except Exception as exc:  # report, do not fail the run
             out["graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    torch.cuda.synchronize()
+    sync()
     return out
 
 
@@ -98,7 +136,7 @@ def contenders(layout: str) -> Dict[str, tuple]:
     xg, _, _ = inputs(layout, requires_grad=True)
     dy = torch.randn_like(x)
     nbytes = x.numel() * x.element_size()
-    scale = torch.tensor(1 / (1 - P_DROP), device="cuda", dtype=DTYPE)
+    scale = torch.tensor(1 / (1 - P_DROP), device=DEVICE, dtype=DTYPE)
     found: Dict[str, tuple] = {
         "copy": (lambda: x.clone(), 2 * nbytes, "forward"),
         "multiply": (lambda: x * scale, 2 * nbytes, "forward"),
@@ -149,8 +187,9 @@ def run(layouts=("contiguous", "channels_last")) -> dict:
             results[f"{layout} | {name}"] = t
             print(f"{layout:14s} {name:34s} wall {t['wall_us']:9.1f} us  event {t['event_us']:9.1f} us  graph "
                   f"{t['graph_us'] if t['graph_us'] is None else round(t['graph_us'], 1)} us", flush=True)
-        torch.cuda.empty_cache()
-    return dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=list(SHAPE), dtype=str(DTYPE),
+        if not DRY_RUN:
+            torch.cuda.empty_cache()
+    return dict(device=device_name(), torch=torch.__version__, shape=list(SHAPE), dtype=str(DTYPE),
                 results=results, targets=targets(results, layouts))
 
 

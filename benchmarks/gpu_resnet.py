@@ -2,11 +2,14 @@
 autocast, channels_last, batch 128 at 224 x 224, three ways: plain; with CamDrop through
 ``ck.convert_resnet`` (its defaults); with timm's own ``drop_block_rate=0.1``. Step time from CUDA
 events (median of the timed steps after warm-up), peak memory, and the ratio to the plain step.
+``CAMDROP_GPU_DRY_RUN=1``: the same on the CPU in float32 at batch 2, 32 x 32, one timed step (the smoke
+test's check that the script works; its figures mean nothing).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
@@ -14,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 import camdrop_kernels as ck
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import DEVICE, DRY_RUN, Clock, device_name, sync  # noqa: E402
 
 
 def make(kind: str):
@@ -23,20 +29,21 @@ def make(kind: str):
     model = timm.create_model("resnet50", num_classes=1000, **kw)
     if kind == "camdrop (convert_resnet defaults)":
         ck.convert_resnet(model)
-    return model.cuda().to(memory_format=torch.channels_last).train()
+    return model.to(DEVICE).to(memory_format=torch.channels_last).train()
 
 
 def step_times(kind: str, batch: int, warmup: int, steps: int) -> dict:
     torch.manual_seed(0)
     model = make(kind)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    images = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
-    labels = torch.randint(0, 1000, (batch,), device="cuda")
+    size = 32 if DRY_RUN else 224
+    images = torch.randn(batch, 3, size, size, device=DEVICE).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (batch,), device=DEVICE)
     camdrop = kind.startswith("camdrop")
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=not DRY_RUN):  # (bf16 is slow on CPUs)
             if camdrop:
                 with ck.targets(model, labels):
                     loss = F.cross_entropy(model(images), labels)
@@ -47,22 +54,23 @@ def step_times(kind: str, batch: int, warmup: int, steps: int) -> dict:
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if not DRY_RUN:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = Clock(), Clock()
         start.record()
         step()
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_ms(end))
     result = dict(step_ms=statistics.median(times), steps_ms=times,
-                  peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+                  peak_gib=0.0 if DRY_RUN else torch.cuda.max_memory_allocated() / 2**30)
     if camdrop:
         result["dropped"] = str(ck.dropped_summary(model))
     del model, opt
-    torch.cuda.empty_cache()
+    if not DRY_RUN:
+        torch.cuda.empty_cache()
     return result
 
 
@@ -73,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=15)
     args = parser.parse_args(argv)
+    if DRY_RUN:
+        args.batch, args.warmup, args.steps = 2, 1, 1
     kinds = ("plain", "camdrop (convert_resnet defaults)", "timm drop_block_rate=0.1")
     results = {}
     for kind in kinds:
@@ -87,7 +97,7 @@ def main(argv=None) -> int:
     for kind in kinds[1:]:
         if plain and "step_ms" in results[kind]:
             results[kind]["vs_plain"] = results[kind]["step_ms"] / plain
-    out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, batch=args.batch, results=results,
+    out = dict(device=device_name(), torch=torch.__version__, batch=args.batch, results=results,
                target=dict(text="camdrop step <= 1.02 x plain",
                            value=results[kinds[1]].get("vs_plain"),
                            met=(results[kinds[1]].get("vs_plain") or 9) <= 1.02))

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+
+_PYTEST_SUMMARY = re.compile(r"^(\d+ (passed|failed|skipped|errors?|xfailed|xpassed|deselected|warnings?),? ?)+ in [\d.]+s")
 
 
 def _load(path):
@@ -47,10 +50,13 @@ def main(out: str) -> int:
     tests = os.path.join(out, "tests.log")
     if os.path.exists(tests):
         with open(tests) as f:
-            tail = [line.strip() for line in f if (" passed" in line or " failed" in line or " error" in line)
-                    and line.strip().startswith(("=", "FAILED", "ERROR")) or line.startswith("FAILED")]
-        lines += ["", "tests: " + (tail[-1] if tail else "no summary line (timeout? see tests.log)")]
-        lines += [f"  {t}" for t in tail[:-1][:10]]
+            log = [line.strip() for line in f]
+        # pytest's last line ("3 failed, 120 passed, 2 skipped in 50.1s", "=" around it without -q)
+        # and its FAILED/ERROR lines.
+        final = [line for line in log if _PYTEST_SUMMARY.match(line.strip("= "))]
+        failed = [line for line in log if line.startswith(("FAILED", "ERROR"))]
+        lines += ["", "tests: " + (final[-1].strip("= ") if final else "no summary line (timeout? see tests.log)")]
+        lines += [f"  {t}" for t in failed[:10]]
     ncu = os.path.join(out, "ncu.txt")
     lines.append("ncu: " + (f"profile in {ncu}" if os.path.exists(ncu) and os.path.getsize(ncu) > 0
                             else "not available (see ncu.log)"))

@@ -19,3 +19,30 @@ def test_benchmark_suite_runs(tmp_path):
     assert "camdrop_kernels benchmark summary" in out
     assert "Headline" in out and "Saved for backward" in out
     assert (tmp_path / "bench.json").stat().st_size > 0
+
+
+def test_gpu_check_dry_run(tmp_path):
+    """benchmarks/gpu_check.sh, the script the first lent card runs, works end to end: every stage
+    on the CPU at tiny sizes (CAMDROP_GPU_DRY_RUN=1), every contender timed, every resnet50 variant
+    stepped, and the summary parsed from what the stages left."""
+    import json
+
+    env = dict(os.environ, CAMDROP_GPU_DRY_RUN="1", OUT=str(tmp_path), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    names = {key.split(" | ", 1)[1] for key in bench["results"]}
+    for mode in ("eligible", "dropblock"):
+        assert {f"camdrop[{mode}]", f"camdrop[{mode}] fwd+bwd", f"mask build[{mode}]", f"apply[{mode}]"} <= names
+    assert {"copy", "multiply", "multiply fwd+bwd", "F.dropout", "timm drop_block_2d[coupled]",
+            "timm drop_block_2d[per channel]", "torchvision drop_block2d"} <= names
+    assert {key.split(" | ", 1)[0] for key in bench["results"]} == {"contiguous", "channels_last"}
+    assert all(r["event_us"] > 0 for r in bench["results"].values())
+    assert len(bench["targets"]) == 2 * 2 * 7  # (layouts) x (gamma modes) x (targets each)
+    resnet = json.loads((tmp_path / "resnet.json").read_text())
+    assert all("step_ms" in r for r in resnet["results"].values()), resnet["results"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "targets (issue 14" in summary and "resnet50" in summary
+    assert "tests: " in summary and "no summary line" not in summary
