@@ -240,12 +240,14 @@ typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 typedef int (*omp_int_fn)(void);
 static gomp_parallel_fn gomp_parallel = NULL;
 static omp_int_fn omp_thread_num = NULL, omp_num_threads = NULL;
+static void (*gomp_barrier)(void) = NULL;
 
 static void find_openmp(void) {
 #if !defined(_WIN32)
     gomp_parallel = (gomp_parallel_fn)dlsym(RTLD_DEFAULT, "GOMP_parallel");
     omp_thread_num = (omp_int_fn)dlsym(RTLD_DEFAULT, "omp_get_thread_num");
     omp_num_threads = (omp_int_fn)dlsym(RTLD_DEFAULT, "omp_get_num_threads");
+    gomp_barrier = (void (*)(void))dlsym(RTLD_DEFAULT, "GOMP_barrier");
     if (!omp_thread_num || !omp_num_threads) gomp_parallel = NULL;
 #endif
 }
@@ -516,16 +518,71 @@ static void top_n_heap(const uint64_t *key, int64_t L, int64_t n, int64_t *heap,
     for (int64_t k = 0; k < n; ++k) mark[heap[k]] = 1;
 }
 
+/* The n-th largest key t of key[0..L) (1 <= n < L), and need_eq: the top n entries are every key
+   above t and the first need_eq keys equal to t in index order. Radix select, most significant
+   byte first: a 256-bin histogram of the current byte over the candidates tells which byte value b
+   holds the n-th entry; entries above b are in, entries at b stay candidates (their key values,
+   compacted branch-free into ``cand``; where every candidate shares b the list stays as it is),
+   and the next byte's histogram is counted over the kept ones only. At most bits/8 rounds over
+   shrinking lists, so O(2 bits/8 L) in the worst case (all keys equal) whatever the input: no
+   input makes it quadratic. ``cand`` holds L keys; *visits counts element visits (for the tests). */
+static uint64_t nth_key(const uint64_t *key, int bits, int64_t L, int64_t n, uint64_t *cand, int64_t *need_eq,
+                        uint64_t *visits) {
+    int32_t h4[4][256];
+    int64_t hist[256];
+    const uint64_t *src = key; /* the candidates: every entry, then the compacted list */
+    int64_t m = L, need = n;
+    int shift = bits - 8;
+    memset(h4, 0, sizeof(h4)); /* per-bin counts of one quarter of a row: rows are below 2**33 entries */
+    for (int64_t k = 0; k + 4 <= L; k += 4) { /* four sub-histograms: no chain of increments on one bin */
+        h4[0][DIGIT(key[k], shift)]++;
+        h4[1][DIGIT(key[k + 1], shift)]++;
+        h4[2][DIGIT(key[k + 2], shift)]++;
+        h4[3][DIGIT(key[k + 3], shift)]++;
+    }
+    for (int64_t k = L & ~(int64_t)3; k < L; ++k) h4[0][DIGIT(key[k], shift)]++;
+    for (int d = 0; d < 256; ++d) hist[d] = (int64_t)h4[0][d] + h4[1][d] + h4[2][d] + h4[3][d];
+    *visits += (uint64_t)L;
+    for (;;) {
+        int b = 255;
+        int64_t above = 0;
+        while (above + hist[b] < need) above += hist[b--]; /* hist sums to m >= need: b stays >= 0 */
+        need -= above;
+        if (hist[b] != m) { /* keep the candidates at b (in place: kept <= t) */
+            int64_t kept = 0;
+            for (int64_t t = 0; t < m; ++t) {
+                uint64_t v = src[t];
+                cand[kept] = v;
+                kept += DIGIT(v, shift) == b;
+            }
+            *visits += (uint64_t)m;
+            src = cand;
+            m = kept;
+        }
+        if (need == m) { /* every candidate is in: t is the smallest, and every tie with it is in */
+            uint64_t t = src[0];
+            for (int64_t k = 1; k < m; ++k) t = src[k] < t ? src[k] : t;
+            *visits += (uint64_t)m;
+            *need_eq = m;
+            return t;
+        }
+        if (shift == 0) { /* the candidates share one key: the first `need` of them in index order */
+            *need_eq = need;
+            return src[0];
+        }
+        shift -= 8;
+        memset(h4[0], 0, sizeof(h4[0]));
+        for (int64_t t = 0; t < m; ++t) h4[0][DIGIT(src[t], shift)]++;
+        for (int d = 0; d < 256; ++d) hist[d] = h4[0][d];
+        *visits += (uint64_t)m;
+    }
+}
+
 /* Marks (1 = selected) the n top entries of key[0..L) (1 <= n <= L): larger keys first, equal
-   keys in index order. Radix select, most significant byte first: a 256-bin histogram of the
-   current byte over the candidates tells which byte value b holds the n-th entry; entries above
-   b are in, entries at b stay candidates (in index order) for the next byte, whose histogram is
-   counted while they are kept. At most eight passes over shrinking candidate lists, so O(8 L)
-   in the worst case (all keys equal) whatever the input: no input makes it quadratic.
-   ``cand`` holds L indices; *visits counts element visits (for the tests). */
+   keys in index order. A heap when few are chosen, else nth_key and one pass. ``cand`` holds L
+   entries of 8 bytes; *visits counts element visits (for the tests). */
 static void top_n(const uint64_t *key, int bits, int64_t L, int64_t n, int64_t *cand, uint8_t *mark,
                   uint64_t *visits) {
-    const int top = bits - 8;
     if (n >= L) {
         memset(mark, 1, (size_t)L);
         return;
@@ -534,52 +591,14 @@ static void top_n(const uint64_t *key, int bits, int64_t L, int64_t n, int64_t *
         top_n_heap(key, L, n, cand, mark, visits);
         return;
     }
-    memset(mark, 0, (size_t)L);
-    int64_t hist[256] = {0};
-    int32_t h4[4][256] = {{0}}; /* per-bin counts of one quarter of a row: rows are below 2**33 entries */
-    for (int64_t k = 0; k + 4 <= L; k += 4) { /* four sub-histograms: no chain of increments on one bin */
-        h4[0][DIGIT(key[k], top)]++;
-        h4[1][DIGIT(key[k + 1], top)]++;
-        h4[2][DIGIT(key[k + 2], top)]++;
-        h4[3][DIGIT(key[k + 3], top)]++;
+    int64_t need_eq, eq = 0;
+    const uint64_t t = nth_key(key, bits, L, n, (uint64_t *)cand, &need_eq, visits);
+    for (int64_t k = 0; k < L; ++k) {
+        int at = key[k] == t;
+        mark[k] = (uint8_t)((key[k] > t) | (at & (eq < need_eq)));
+        eq += at;
     }
-    for (int64_t k = L & ~(int64_t)3; k < L; ++k) h4[0][DIGIT(key[k], top)]++;
-    for (int d = 0; d < 256; ++d) hist[d] = h4[0][d] + h4[1][d] + h4[2][d] + h4[3][d];
     *visits += (uint64_t)L;
-    int64_t m = L, need = n;
-    for (int shift = top; shift >= 0; shift -= 8) {
-        int b = 255;
-        int64_t above = 0;
-        while (above + hist[b] < need) above += hist[b--]; /* hist sums to m >= need: b stays >= 0 */
-        int64_t kept = 0;
-        int64_t next[256] = {0};
-        const int nshift = shift > 0 ? shift - 8 : 0;
-        if (shift == top) { /* the first pass reads every entry; branch-free (the test is unpredictable) */
-            for (int64_t k = 0; k < L; ++k) {
-                int d = DIGIT(key[k], shift), at = d == b;
-                mark[k] = (uint8_t)(d > b);
-                cand[kept] = k;
-                kept += at;
-                next[DIGIT(key[k], nshift)] += at;
-            }
-        } else {
-            for (int64_t t = 0; t < m; ++t) {
-                int64_t k = cand[t];
-                int d = DIGIT(key[k], shift), at = d == b;
-                mark[k] |= (uint8_t)(d > b);
-                cand[kept] = k; /* in place: kept <= t */
-                kept += at;
-                next[DIGIT(key[k], nshift)] += at;
-            }
-        }
-        *visits += (uint64_t)m;
-        m = kept;
-        need -= above;
-        if (need == m || shift == 0) break; /* every remaining candidate is in, or they all share one key */
-        memcpy(hist, next, sizeof(hist));
-    }
-    /* The remaining candidates share one key (or all are needed): the first `need` in index order. */
-    for (int64_t t = 0; t < need; ++t) mark[cand[t]] = 1;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -689,11 +708,15 @@ typedef struct {
     int eligible;
     double p_gs;       /* drop_prob * gamma_scale */
     uint64_t seed;
-    int32_t *slots, *bits;
+    int32_t *slots, *bits; /* the caller's outputs: written, never read back */
     int64_t *dropped;
     float *rate;
     char *scratch;     /* per thread */
     size_t scratch_bytes;
+    int32_t *slot_own; /* (N, C) this call's own copy of the slots: what the kernels read */
+    int32_t *chan;     /* (N, n'): the channel of each slot */
+    int64_t *ntop;     /* (N,): top channels per sample */
+    uint32_t *keep;    /* (N, C) or NULL: all ones outside the top channels, 0 at them */
 } BuildCtx;
 
 static void build_body(void *p, int64_t begin, int64_t end, int tid) {
@@ -706,15 +729,37 @@ static void build_body(void *p, int64_t begin, int64_t end, int tid) {
     int64_t *elig = heap + longest;
     uint64_t *offs = (uint64_t *)(elig + P);
     float *u = (float *)(offs + BATCH);
-    uint8_t *mark = (uint8_t *)(u + BATCH);
+    int32_t *chan_row = (int32_t *)(u + BATCH); /* C + 1 entries: the pass below writes one past the last slot */
+    uint8_t *mark = (uint8_t *)(chan_row + C + 1);
     uint64_t cmp = 0;
     for (int64_t i = begin; i < end; ++i) {
         /* Step 2: the top channels, numbered in ascending channel order. */
         int bits = row_keys(b->alpha, b->alpha_type, i * C, C, key);
-        top_n(key, bits, C, b->n_chan, heap, mark, &cmp);
-        int32_t *slot = b->slots + i * C;
+        int32_t *slot = b->slot_own + i * C, *slot_out = b->slots + i * C, *chan = b->chan + i * b->n_chan;
         int64_t j = 0;
-        for (int64_t c = 0; c < C; ++c) slot[c] = mark[c] ? (int32_t)j++ : -1;
+        if (b->n_chan < C && 32 * b->n_chan > C) { /* the usual n' = C/8: the n'-th key, then one pass */
+            int64_t need_eq, eq = 0;
+            const uint64_t t = nth_key(key, bits, C, b->n_chan, (uint64_t *)heap, &need_eq, &cmp);
+            for (int64_t c = 0; c < C; ++c) {
+                int at = key[c] == t, take = (key[c] > t) | (at & (eq < need_eq));
+                eq += at;
+                slot[c] = take ? (int32_t)j : -1;
+                chan_row[j] = (int32_t)c; /* overwritten by the next channel unless this one is taken */
+                j += take;
+            }
+            memcpy(chan, chan_row, sizeof(int32_t) * (size_t)b->n_chan);
+        } else {
+            top_n(key, bits, C, b->n_chan, heap, mark, &cmp);
+            for (int64_t c = 0; c < C; ++c) {
+                slot[c] = mark[c] ? (int32_t)j : -1;
+                if (mark[c]) chan[j++] = (int32_t)c;
+            }
+        }
+        b->ntop[i] = j;
+        for (int64_t q = j; q < b->n_chan; ++q) chan[q] = -1; /* (only when C < n': no channels) */
+        memcpy(slot_out, slot, sizeof(int32_t) * (size_t)C);
+        if (b->keep)
+            for (int64_t c = 0; c < C; ++c) b->keep[i * C + c] = slot[c] >= 0 ? 0u : 0xFFFFFFFFu;
         /* Step 1 and 3: the top pixels that are valid centres (S_i ∩ V), ascending. */
         bits = row_keys(b->cam, b->cam_type, i * P, P, key);
         top_n(key, bits, P, b->n_pix, heap, mark, &cmp);
@@ -798,6 +843,132 @@ static double read_scalar_f64(const View *v) {
     return d;
 }
 
+/* A build's checked arguments, geometry and buffers. */
+typedef struct {
+    Geometry g;
+    BuildCtx b;
+    int T;               /* threads worth waking for it */
+    long long normalize;
+    View scale;
+    char *own;           /* slot_own, chan, ntop, keep: one allocation */
+} BuildPlan;
+
+static void build_release(BuildPlan *bp) {
+    free(bp->b.scratch);
+    free(bp->own);
+    free_geometry(&bp->g);
+}
+
+/* Checks the build's arguments (every view, value and count; the callers check aliasing) and
+   allocates its buffers, scratch for ``team`` threads (0: the build's own choice, bp->T), keep
+   masks when ``want_keep``. -1 with an exception set. */
+static int build_prepare(BuildPlan *bp, View *cam, View *alpha, View *seed, View *pv, View *slots, View *bits,
+                         View *scale, View *dropped, View *rate, long long block_size, long long diamond,
+                         long long n_pix, long long n_chan, long long eligible, double gamma_scale,
+                         long long normalize, long long threads, int team, int want_keep) {
+    memset(bp, 0, sizeof(*bp));
+    if (cam->ndim < 2 || cam->ndim > 4) {
+        PyErr_Format(PyExc_ValueError, "cam must be (N, *S) with 1 to 3 spatial dims");
+        return -1;
+    }
+    if (cam->type > T_F64 || alpha->type > T_F64) {
+        PyErr_Format(PyExc_TypeError, "cam and alpha must be float16, bfloat16, float32 or float64");
+        return -1;
+    }
+    const int rank = cam->ndim - 1;
+    const int64_t N = cam->shape[0];
+    int64_t S[3] = {1, 1, 1};
+    for (int k = 0; k < rank; ++k) S[3 - rank + k] = cam->shape[1 + k];
+    const int64_t P = S[0] * S[1] * S[2];
+#define FAIL(exc, ...) do { PyErr_Format(exc, __VA_ARGS__); return -1; } while (0)
+    if (!is_contiguous(cam)) FAIL(PyExc_ValueError, "cam must be contiguous");
+    if (alpha->ndim != 2 || alpha->shape[0] != N) FAIL(PyExc_ValueError, "alpha must be (N, C) with cam's N");
+    if (!is_contiguous(alpha)) FAIL(PyExc_ValueError, "alpha must be contiguous");
+    const int64_t C = alpha->shape[1];
+    if (check_type(seed, "seed", T_I64) || check_type(pv, "drop_prob", T_F64)) return -1;
+    if (seed->numel != 1 || pv->numel != 1) FAIL(PyExc_ValueError, "seed and drop_prob must hold one value each");
+    int64_t seed_value;
+    memcpy(&seed_value, seed->data, 8);
+    if (seed_value < 0) FAIL(PyExc_ValueError, "seed must be in [0, 2**63)");
+    const double p = read_scalar_f64(pv);
+    if (!(p >= 0.0 && p <= 1.0)) FAIL(PyExc_ValueError, "drop_prob must be in [0, 1]");
+    if (block_size < 1) FAIL(PyExc_ValueError, "block_size must be >= 1");
+    if (diamond != 0 && diamond != 1) FAIL(PyExc_ValueError, "diamond must be 0 or 1");
+    if (eligible != 0 && eligible != 1) FAIL(PyExc_ValueError, "eligible must be 0 or 1");
+    if (normalize < 0 || normalize > 2) FAIL(PyExc_ValueError, "normalize must be 0, 1 or 2");
+    if (!(gamma_scale >= 0.0 && isfinite(gamma_scale))) FAIL(PyExc_ValueError, "gamma_scale must be finite and >= 0");
+    if (threads < 1 || threads > 4096) FAIL(PyExc_ValueError, "threads must be in [1, 4096]");
+    const int64_t max_pix = P > 0 ? P : 1, max_chan = C > 0 ? C : 1;
+    if (n_pix < 1 || n_pix > max_pix) FAIL(PyExc_ValueError, "top_pixels must be in [1, %lld]", (long long)max_pix);
+    if (n_chan < 1 || n_chan > max_chan) FAIL(PyExc_ValueError, "top_channels must be in [1, %lld]", (long long)max_chan);
+    const int64_t words = (P + 31) / 32;
+    const int64_t s2[2] = {N, C}, s3[3] = {N, n_chan, words}, s1[1] = {N};
+    if (check_dense(slots, "slots", T_I32, 2, s2) || check_dense(bits, "bits", T_I32, 3, s3) ||
+        check_dense(dropped, "dropped", T_I64, 1, s1) || check_dense(rate, "rate", T_F32, 1, s1))
+        return -1;
+    if (scale->type != T_F32 && scale->type != T_F64) FAIL(PyExc_TypeError, "scale must be float32 or float64");
+    if (check_dense(scale, "scale", scale->type, 1, s1)) return -1;
+    /* Products below stay exact in int64 and double: refuse maps beyond that. */
+    if (P > ((int64_t)1 << 40) || C > ((int64_t)1 << 30) || (P > 0 && C > (((int64_t)1 << 52) / P)))
+        FAIL(PyExc_ValueError, "the tensor is too large for the CPU kernels");
+#undef FAIL
+    if (make_geometry(&bp->g, S, rank, block_size, (int)diamond)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    const int64_t longest = P > C ? P : C;
+    BuildCtx b = {&bp->g, cam->data, alpha->data, cam->type, alpha->type, N, C, n_pix, n_chan, words, (int)eligible,
+                  p * gamma_scale, (uint64_t)seed_value, (int32_t *)slots->data, (int32_t *)bits->data,
+                  (int64_t *)dropped->data, (float *)rate->data, NULL, 0, NULL, NULL, NULL, NULL};
+    /* key + candidate index + mark per entry of the longest row; the eligible list; a batch of
+       offsets and U; a row of slot channels. */
+    b.scratch_bytes = (size_t)longest * 17 + (size_t)P * 8 + (size_t)BATCH * 12 + (size_t)(C + 1) * 4 + 64;
+    b.scratch_bytes = (b.scratch_bytes + 63) & ~(size_t)63;
+    int T = (int)threads;
+    if (T > N) T = N > 0 ? (int)N : 1;
+    if ((double)N * (double)(P + C) < 8192.0) T = 1; /* not worth waking the pool */
+    bp->T = T;
+    if (team < T) team = T;
+    /* The kernels' own slots, slot channels, top counts and keep masks (never the caller's memory). */
+    size_t own = sizeof(int32_t) * (size_t)(N * C + N * n_chan) + sizeof(int64_t) * (size_t)N + 8 +
+                 (want_keep ? sizeof(uint32_t) * (size_t)(N * C) : 0);
+    bp->own = malloc(own);
+    b.scratch = malloc(b.scratch_bytes * (size_t)team);
+    if (!bp->own || !b.scratch) {
+        free(b.scratch);
+        free(bp->own);
+        free_geometry(&bp->g);
+        PyErr_NoMemory();
+        return -1;
+    }
+    b.slot_own = (int32_t *)bp->own;
+    b.chan = b.slot_own + N * C;
+    b.ntop = (int64_t *)(((uintptr_t)(b.chan + N * n_chan) + 7) & ~(uintptr_t)7);
+    b.keep = want_keep ? (uint32_t *)(b.ntop + N) : NULL;
+    bp->b = b;
+    bp->normalize = normalize;
+    bp->scale = *scale;
+    return 0;
+}
+
+/* Step 7: float64 quotient, rounded once to the scale's dtype; kept = 0 gives 0. */
+static void build_finish(const BuildPlan *bp) {
+    const BuildCtx *b = &bp->b;
+    const int64_t N = b->N, C = b->C, P = bp->g.P;
+    int64_t total = 0;
+    for (int64_t i = 0; i < N; ++i) total += b->dropped[i];
+    for (int64_t i = 0; i < N; ++i) {
+        double sc = 1.0;
+        if (bp->normalize != 2) {
+            double numel = (double)(bp->normalize == 0 ? N * C * P : C * P);
+            double kept = numel - (double)(bp->normalize == 0 ? total : b->dropped[i]);
+            sc = kept == 0.0 ? 0.0 : numel / kept;
+        }
+        if (bp->scale.type == T_F32) ((float *)bp->scale.data)[i] = (float)sc;
+        else ((double *)bp->scale.data)[i] = sc;
+    }
+}
+
 static PyObject *run_build(PyObject *o_cam, PyObject *o_alpha, PyObject *o_seed, PyObject *o_p, PyObject *o_slots,
                            PyObject *o_bits, PyObject *o_scale, PyObject *o_dropped, PyObject *o_rate,
                            long long block_size, long long diamond, long long n_pix, long long n_chan,
@@ -808,86 +979,24 @@ static PyObject *run_build(PyObject *o_cam, PyObject *o_alpha, PyObject *o_seed,
         get_view(o_scale, "scale", &scale) || get_view(o_dropped, "dropped", &dropped) ||
         get_view(o_rate, "rate", &rate))
         return NULL;
-    if (cam.ndim < 2 || cam.ndim > 4) return PyErr_Format(PyExc_ValueError, "cam must be (N, *S) with 1 to 3 spatial dims");
-    if (cam.type > T_F64 || alpha.type > T_F64)
-        return PyErr_Format(PyExc_TypeError, "cam and alpha must be float16, bfloat16, float32 or float64");
-    const int rank = cam.ndim - 1;
-    const int64_t N = cam.shape[0];
-    int64_t S[3] = {1, 1, 1};
-    for (int k = 0; k < rank; ++k) S[3 - rank + k] = cam.shape[1 + k];
-    const int64_t P = S[0] * S[1] * S[2];
-    if (!is_contiguous(&cam)) return PyErr_Format(PyExc_ValueError, "cam must be contiguous");
-    if (alpha.ndim != 2 || alpha.shape[0] != N) return PyErr_Format(PyExc_ValueError, "alpha must be (N, C) with cam's N");
-    if (!is_contiguous(&alpha)) return PyErr_Format(PyExc_ValueError, "alpha must be contiguous");
-    const int64_t C = alpha.shape[1];
-    if (check_type(&seed, "seed", T_I64) || check_type(&pv, "drop_prob", T_F64)) return NULL;
-    if (seed.numel != 1 || pv.numel != 1) return PyErr_Format(PyExc_ValueError, "seed and drop_prob must hold one value each");
-    int64_t seed_value;
-    memcpy(&seed_value, seed.data, 8);
-    if (seed_value < 0) return PyErr_Format(PyExc_ValueError, "seed must be in [0, 2**63)");
-    const double p = read_scalar_f64(&pv);
-    if (!(p >= 0.0 && p <= 1.0)) return PyErr_Format(PyExc_ValueError, "drop_prob must be in [0, 1]");
-    if (block_size < 1) return PyErr_Format(PyExc_ValueError, "block_size must be >= 1");
-    if (diamond != 0 && diamond != 1) return PyErr_Format(PyExc_ValueError, "diamond must be 0 or 1");
-    if (eligible != 0 && eligible != 1) return PyErr_Format(PyExc_ValueError, "eligible must be 0 or 1");
-    if (normalize < 0 || normalize > 2) return PyErr_Format(PyExc_ValueError, "normalize must be 0, 1 or 2");
-    if (!(gamma_scale >= 0.0 && isfinite(gamma_scale))) return PyErr_Format(PyExc_ValueError, "gamma_scale must be finite and >= 0");
-    if (threads < 1 || threads > 4096) return PyErr_Format(PyExc_ValueError, "threads must be in [1, 4096]");
-    const int64_t max_pix = P > 0 ? P : 1, max_chan = C > 0 ? C : 1;
-    if (n_pix < 1 || n_pix > max_pix) return PyErr_Format(PyExc_ValueError, "top_pixels must be in [1, %lld]", (long long)max_pix);
-    if (n_chan < 1 || n_chan > max_chan) return PyErr_Format(PyExc_ValueError, "top_channels must be in [1, %lld]", (long long)max_chan);
-    const int64_t words = (P + 31) / 32;
-    const int64_t s2[2] = {N, C}, s3[3] = {N, n_chan, words}, s1[1] = {N};
-    if (check_dense(&slots, "slots", T_I32, 2, s2) || check_dense(&bits, "bits", T_I32, 3, s3) ||
-        check_dense(&dropped, "dropped", T_I64, 1, s1) || check_dense(&rate, "rate", T_F32, 1, s1))
+    BuildPlan bp;
+    if (build_prepare(&bp, &cam, &alpha, &seed, &pv, &slots, &bits, &scale, &dropped, &rate, block_size, diamond,
+                      n_pix, n_chan, eligible, gamma_scale, normalize, threads, 0, 0))
         return NULL;
-    if (scale.type != T_F32 && scale.type != T_F64) return PyErr_Format(PyExc_TypeError, "scale must be float32 or float64");
-    if (check_dense(&scale, "scale", scale.type, 1, s1)) return NULL;
     {
         View *views[] = {&cam, &alpha, &seed, &pv, &slots, &bits, &scale, &dropped, &rate};
         const char *names[] = {"cam", "alpha", "seed", "drop_prob", "slots", "bits", "scale", "dropped", "rate"};
-        if (check_outputs(views, names, 9, 4, -1)) return NULL;
-    }
-    /* Products below stay exact in int64 and double: refuse maps beyond that. */
-    if (P > ((int64_t)1 << 40) || C > ((int64_t)1 << 30) || (P > 0 && C > (((int64_t)1 << 52) / P)))
-        return PyErr_Format(PyExc_ValueError, "the tensor is too large for the CPU kernels");
-
-    Geometry g;
-    if (make_geometry(&g, S, rank, block_size, (int)diamond)) return PyErr_NoMemory();
-    const int64_t longest = P > C ? P : C;
-    BuildCtx b = {&g, cam.data, alpha.data, cam.type, alpha.type, N, C, n_pix, n_chan, words, (int)eligible,
-                  p * gamma_scale, (uint64_t)seed_value, (int32_t *)slots.data, (int32_t *)bits.data,
-                  (int64_t *)dropped.data, (float *)rate.data, NULL, 0};
-    /* key + candidate index + mark per entry of the longest row; the eligible list; a batch of offsets and U. */
-    b.scratch_bytes = (size_t)longest * 16 + (size_t)P * 8 + (size_t)BATCH * 12 + (size_t)longest + 64;
-    b.scratch_bytes = (b.scratch_bytes + 63) & ~(size_t)63;
-    int T = (int)threads;
-    if (T > N) T = N > 0 ? (int)N : 1;
-    if ((double)N * (double)(P + C) < 8192.0) T = 1; /* not worth waking the pool */
-    b.scratch = malloc(b.scratch_bytes * (size_t)T);
-    if (!b.scratch) {
-        free_geometry(&g);
-        return PyErr_NoMemory();
+        if (check_outputs(views, names, 9, 4, -1)) {
+            build_release(&bp);
+            return NULL;
+        }
     }
     Py_BEGIN_ALLOW_THREADS
-    Job job = {build_body, &b, N};
-    run_job(&job, T);
-    /* Step 7: float64 quotient, rounded once to the scale's dtype; kept = 0 gives 0. */
-    int64_t total = 0;
-    for (int64_t i = 0; i < N; ++i) total += b.dropped[i];
-    for (int64_t i = 0; i < N; ++i) {
-        double sc = 1.0;
-        if (normalize != 2) {
-            double numel = (double)(normalize == 0 ? N * C * P : C * P);
-            double kept = numel - (double)(normalize == 0 ? total : b.dropped[i]);
-            sc = kept == 0.0 ? 0.0 : numel / kept;
-        }
-        if (scale.type == T_F32) ((float *)scale.data)[i] = (float)sc;
-        else ((double *)scale.data)[i] = sc;
-    }
+    Job job = {build_body, &bp.b, bp.b.N};
+    run_job(&job, bp.T);
+    build_finish(&bp);
     Py_END_ALLOW_THREADS
-    free(b.scratch);
-    free_geometry(&g);
+    build_release(&bp);
     Py_RETURN_NONE;
 }
 
@@ -990,6 +1099,7 @@ typedef struct {
     const uint32_t *keep;   /* (N, C): all ones outside the top channels, 0 at them */
     int dense_pixels;       /* channels_last without gaps: pixel q of sample i at i*sn + q*C */
     const int64_t *ntop;    /* (N,): top channels per sample */
+    int channel_inner;      /* channels innermost in memory (channels_last): the pixel walk */
 } ApplyCtx;
 
 static inline void sample_scale(const ApplyCtx *a, int64_t i, double *s64, float *s32) {
@@ -1249,6 +1359,76 @@ static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
     (void)fused;
 }
 
+/* Checks x, y (already read into a), slots, bits and scale, and fills a's sizes and strides.
+   -1 with an exception set. (The callers check aliasing.) */
+static int apply_check(ApplyCtx *a, View *slots, View *bits, View *scale, long long threads) {
+#define FAIL(exc, ...) do { PyErr_Format(exc, __VA_ARGS__); return -1; } while (0)
+    if (a->x.type > T_F64) FAIL(PyExc_TypeError, "x must be float16, bfloat16, float32 or float64");
+    if (a->x.ndim < 3 || a->x.ndim > 5) FAIL(PyExc_ValueError, "x must be (N, C, *S) with 1 to 3 spatial dims");
+    if (a->y.type != a->x.type || a->y.ndim != a->x.ndim) FAIL(PyExc_ValueError, "y must have x's dtype and shape");
+    for (int d = 0; d < a->x.ndim; ++d)
+        if (a->y.shape[d] != a->x.shape[d]) FAIL(PyExc_ValueError, "y must have x's dtype and shape");
+    if (!non_overlapping(&a->y)) FAIL(PyExc_ValueError, "y must not have overlapping elements");
+    if (threads < 1 || threads > 4096) FAIL(PyExc_ValueError, "threads must be in [1, 4096]");
+#undef FAIL
+    const int rank = a->x.ndim - 2;
+    a->N = a->x.shape[0];
+    a->C = a->x.shape[1];
+    a->S[0] = a->S[1] = a->S[2] = 1;
+    for (int k = 0; k < rank; ++k) a->S[3 - rank + k] = a->x.shape[2 + k];
+    a->P = a->S[0] * a->S[1] * a->S[2];
+    a->words = (a->P + 31) / 32;
+    if (bits->ndim != 3) {
+        PyErr_Format(PyExc_ValueError, "bits must be (N, n', words)");
+        return -1;
+    }
+    a->n_chan = bits->shape[1];
+    const int64_t s2[2] = {a->N, a->C}, s3[3] = {a->N, a->n_chan, a->words}, s1[1] = {a->N};
+    if (check_dense(slots, "slots", T_I32, 2, s2) || check_dense(bits, "bits", T_I32, 3, s3)) return -1;
+    const int want_scale = a->x.type == T_F64 ? T_F64 : T_F32;
+    if (check_dense(scale, "scale", want_scale, 1, s1)) return -1;
+    a->slots = (const int32_t *)slots->data;
+    a->bits = (const uint32_t *)bits->data;
+    a->scale = scale->data;
+    a->scale_f64 = want_scale == T_F64;
+    for (int k = 0; k < 5; ++k) a->sx[k] = a->sy[k] = 0;
+    a->sx[0] = a->x.strides[0];
+    a->sx[1] = a->x.strides[1];
+    a->sy[0] = a->y.strides[0];
+    a->sy[1] = a->y.strides[1];
+    for (int k = 0; k < rank; ++k) {
+        a->sx[5 - rank + k] = a->x.strides[2 + k];
+        a->sy[5 - rank + k] = a->y.strides[2 + k];
+    }
+    /* Channels innermost in memory (channels_last): walk pixels, channels inside; else planes. */
+    a->channel_inner = a->C > 1 && a->x.strides[1] == 1 && a->P > 1;
+    a->flat = (a->S[1] == 1 || (a->sx[3] == a->S[2] * a->sx[4] && a->sy[3] == a->S[2] * a->sy[4])) &&
+              (a->S[0] == 1 || (a->sx[2] == a->S[1] * a->S[2] * a->sx[4] && a->sy[2] == a->S[1] * a->S[2] * a->sy[4]));
+    a->dense_pixels = a->channel_inner && a->sx[1] == 1 && a->sy[1] == 1 && a->sx[4] == a->C && a->sy[4] == a->C &&
+                      (a->S[1] == 1 || (a->sx[3] == a->S[2] * a->C && a->sy[3] == a->S[2] * a->C)) &&
+                      (a->S[0] == 1 || (a->sx[2] == a->S[1] * a->S[2] * a->C && a->sy[2] == a->S[1] * a->S[2] * a->C));
+    return 0;
+}
+
+/* The apply's work items, and the threads worth waking for them. */
+static void apply_job(ApplyCtx *a, Job *job, long long threads, int *T) {
+    *T = (int)threads;
+    if (a->x.numel < 32768) *T = 1; /* the pool's wake-up costs more than it saves */
+    int dense = a->flat && a->sx[4] == 1 && a->sy[4] == 1 && a->sx[1] == a->P && a->sy[1] == a->P;
+    if (a->channel_inner) {
+        job->body = apply_pixels;
+        job->total = a->N * a->words;
+    } else if (dense) {
+        a->block_channels = a->P >= 16384 ? 1 : 16384 / a->P; /* about 16K elements an item */
+        job->body = apply_blocks;
+        job->total = a->N * ((a->C + a->block_channels - 1) / a->block_channels);
+    } else {
+        job->body = apply_segments;
+        job->total = a->N * a->C * (a->flat ? 1 : a->S[0] * a->S[1]);
+    }
+    job->ctx = a;
+}
+
 static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyObject *o_bits, PyObject *o_scale,
                            long long threads) {
     ApplyCtx a;
@@ -1257,43 +1437,11 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
     if (get_view(o_x, "x", &a.x) || get_view(o_y, "y", &a.y) || get_view(o_slots, "slots", &slots) ||
         get_view(o_bits, "bits", &bits) || get_view(o_scale, "scale", &scale))
         return NULL;
-    if (a.x.type > T_F64) return PyErr_Format(PyExc_TypeError, "x must be float16, bfloat16, float32 or float64");
-    if (a.x.ndim < 3 || a.x.ndim > 5) return PyErr_Format(PyExc_ValueError, "x must be (N, C, *S) with 1 to 3 spatial dims");
-    if (a.y.type != a.x.type || a.y.ndim != a.x.ndim) return PyErr_Format(PyExc_ValueError, "y must have x's dtype and shape");
-    for (int d = 0; d < a.x.ndim; ++d)
-        if (a.y.shape[d] != a.x.shape[d]) return PyErr_Format(PyExc_ValueError, "y must have x's dtype and shape");
-    if (!non_overlapping(&a.y)) return PyErr_Format(PyExc_ValueError, "y must not have overlapping elements");
-    if (threads < 1 || threads > 4096) return PyErr_Format(PyExc_ValueError, "threads must be in [1, 4096]");
-    const int rank = a.x.ndim - 2;
-    a.N = a.x.shape[0];
-    a.C = a.x.shape[1];
-    a.S[0] = a.S[1] = a.S[2] = 1;
-    for (int k = 0; k < rank; ++k) a.S[3 - rank + k] = a.x.shape[2 + k];
-    a.P = a.S[0] * a.S[1] * a.S[2];
-    a.words = (a.P + 31) / 32;
-    if (bits.ndim != 3) return PyErr_Format(PyExc_ValueError, "bits must be (N, n', words)");
-    a.n_chan = bits.shape[1];
-    const int64_t s2[2] = {a.N, a.C}, s3[3] = {a.N, a.n_chan, a.words}, s1[1] = {a.N};
-    if (check_dense(&slots, "slots", T_I32, 2, s2) || check_dense(&bits, "bits", T_I32, 3, s3)) return NULL;
-    const int want_scale = a.x.type == T_F64 ? T_F64 : T_F32;
-    if (check_dense(&scale, "scale", want_scale, 1, s1)) return NULL;
+    if (apply_check(&a, &slots, &bits, &scale, threads)) return NULL;
     {
         View *views[] = {&a.x, &slots, &bits, &scale, &a.y};
         const char *names[] = {"x", "slots", "bits", "scale", "y"};
         if (check_outputs(views, names, 5, 4, 0)) return NULL;
-    }
-    a.slots = (const int32_t *)slots.data;
-    a.bits = (const uint32_t *)bits.data;
-    a.scale = scale.data;
-    a.scale_f64 = want_scale == T_F64;
-    for (int k = 0; k < 5; ++k) a.sx[k] = a.sy[k] = 0;
-    a.sx[0] = a.x.strides[0];
-    a.sx[1] = a.x.strides[1];
-    a.sy[0] = a.y.strides[0];
-    a.sy[1] = a.y.strides[1];
-    for (int k = 0; k < rank; ++k) {
-        a.sx[5 - rank + k] = a.x.strides[2 + k];
-        a.sy[5 - rank + k] = a.y.strides[2 + k];
     }
     if (a.N * a.C * a.P == 0) Py_RETURN_NONE;
     /* Every slot must be -1 or name a distinct plane of ``bits``: check all, keep the checked copy
@@ -1317,9 +1465,7 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
             }
             if (s >= 0) chan[i * a.n_chan + s] = (int32_t)c;
         }
-    /* Channels innermost in memory (channels_last): walk pixels, channels inside; else planes. */
-    int channel_inner = a.C > 1 && a.x.strides[1] == 1 && a.P > 1;
-    for (int64_t i = 0; channel_inner && i < a.N; ++i) { /* the keep masks only the pixel walk uses */
+    for (int64_t i = 0; a.channel_inner && i < a.N; ++i) { /* the keep masks only the pixel walk uses */
         ntop[i] = 0;
         for (int64_t c = 0; c < a.C; ++c) {
             keep[i * a.C + c] = a.slots[i * a.C + c] >= 0 ? 0u : 0xFFFFFFFFu;
@@ -1329,31 +1475,88 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
     a.chan = chan;
     a.keep = keep;
     a.ntop = ntop;
-    a.flat = (a.S[1] == 1 || (a.sx[3] == a.S[2] * a.sx[4] && a.sy[3] == a.S[2] * a.sy[4])) &&
-             (a.S[0] == 1 || (a.sx[2] == a.S[1] * a.S[2] * a.sx[4] && a.sy[2] == a.S[1] * a.S[2] * a.sy[4]));
-    a.dense_pixels = channel_inner && a.sx[1] == 1 && a.sy[1] == 1 && a.sx[4] == a.C && a.sy[4] == a.C &&
-                     (a.S[1] == 1 || (a.sx[3] == a.S[2] * a.C && a.sy[3] == a.S[2] * a.C)) &&
-                     (a.S[0] == 1 || (a.sx[2] == a.S[1] * a.S[2] * a.C && a.sy[2] == a.S[1] * a.S[2] * a.C));
-    int T = (int)threads;
-    if (a.x.numel < 32768) T = 1; /* the pool's wake-up costs more than it saves */
-    Py_BEGIN_ALLOW_THREADS
+    int T;
     Job job;
-    int dense = a.flat && a.sx[4] == 1 && a.sy[4] == 1 && a.sx[1] == a.P && a.sy[1] == a.P;
-    if (channel_inner) {
-        job.body = apply_pixels;
-        job.total = a.N * a.words;
-    } else if (dense) {
-        a.block_channels = a.P >= 16384 ? 1 : 16384 / a.P; /* about 16K elements an item */
-        job.body = apply_blocks;
-        job.total = a.N * ((a.C + a.block_channels - 1) / a.block_channels);
-    } else {
-        job.body = apply_segments;
-        job.total = a.N * a.C * (a.flat ? 1 : a.S[0] * a.S[1]);
-    }
-    job.ctx = &a;
+    apply_job(&a, &job, threads, &T);
+    Py_BEGIN_ALLOW_THREADS
     run_job(&job, T);
     Py_END_ALLOW_THREADS
     free(chan);
+    Py_RETURN_NONE;
+}
+
+/* The forward in one parallel region: each thread builds its share of the samples; a barrier;
+   one thread derives the scales from every sample's count; a barrier; each applies its share. */
+typedef struct {
+    BuildPlan *bp;
+    Job apply;
+} ForwardCtx;
+
+static void forward_entry(void *p) {
+    ForwardCtx *f = p;
+    int64_t t = omp_thread_num(), T = omp_num_threads();
+    int64_t N = f->bp->b.N, begin = N * t / T, end = N * (t + 1) / T;
+    if (begin < end) build_body(&f->bp->b, begin, end, (int)t);
+    gomp_barrier();
+    if (t == 0) build_finish(f->bp);
+    gomp_barrier();
+    begin = f->apply.total * t / T;
+    end = f->apply.total * (t + 1) / T;
+    if (begin < end) f->apply.body(f->apply.ctx, begin, end, (int)t);
+}
+
+static PyObject *run_forward(PyObject **o, long long block_size, long long diamond, long long n_pix,
+                             long long n_chan, long long eligible, double gamma_scale, long long normalize,
+                             long long threads) {
+    ApplyCtx a;
+    memset(&a, 0, sizeof(a));
+    View cam, alpha, seed, pv, slots, bits, scale, dropped, rate;
+    if (get_view(o[0], "x", &a.x) || get_view(o[1], "y", &a.y) || get_view(o[2], "cam", &cam) ||
+        get_view(o[3], "alpha", &alpha) || get_view(o[4], "seed", &seed) || get_view(o[5], "drop_prob", &pv) ||
+        get_view(o[6], "slots", &slots) || get_view(o[7], "bits", &bits) || get_view(o[8], "scale", &scale) ||
+        get_view(o[9], "dropped", &dropped) || get_view(o[10], "rate", &rate))
+        return NULL;
+    /* cam (N, *S) and alpha (N, C) must fit x (N, C, *S) */
+    int fits = a.x.ndim >= 3 && cam.ndim == a.x.ndim - 1 && alpha.ndim == 2 && cam.shape[0] == a.x.shape[0] &&
+               alpha.shape[0] == a.x.shape[0] && alpha.shape[1] == a.x.shape[1];
+    for (int d = 2; fits && d < a.x.ndim; ++d) fits = cam.shape[d - 1] == a.x.shape[d];
+    if (!fits) {
+        PyErr_SetString(PyExc_ValueError, "cam must be (N, *S) and alpha (N, C) for x of shape (N, C, *S)");
+        return NULL;
+    }
+    if (apply_check(&a, &slots, &bits, &scale, threads)) return NULL;
+    {   /* y and the state are outputs: none may share memory with anything else (y may be x itself) */
+        View *views[] = {&a.x, &cam, &alpha, &seed, &pv, &a.y, &slots, &bits, &scale, &dropped, &rate};
+        const char *names[] = {"x", "cam", "alpha", "seed", "drop_prob", "y", "slots", "bits", "scale", "dropped", "rate"};
+        if (check_outputs(views, names, 11, 5, 0)) return NULL;
+    }
+    int Ta;
+    Job apply;
+    apply_job(&a, &apply, threads, &Ta);
+    if (a.N * a.C * a.P == 0) { apply.total = 0; Ta = 1; } /* nothing to apply */
+    BuildPlan bp;
+    int team = (int)threads; /* at most this many threads ever run the build */
+    if (build_prepare(&bp, &cam, &alpha, &seed, &pv, &slots, &bits, &scale, &dropped, &rate, block_size, diamond,
+                      n_pix, n_chan, eligible, gamma_scale, normalize, threads, team, a.channel_inner))
+        return NULL;
+    /* The apply reads the build's own slots, never the caller's memory again. */
+    a.slots = bp.b.slot_own;
+    a.chan = bp.b.chan;
+    a.ntop = bp.b.ntop;
+    a.keep = bp.b.keep;
+    int T = bp.T > Ta ? bp.T : Ta;
+    Py_BEGIN_ALLOW_THREADS
+    if (T > 1 && gomp_parallel && gomp_barrier) {
+        ForwardCtx f = {&bp, apply};
+        gomp_parallel(forward_entry, &f, (unsigned)T, 0);
+    } else {
+        Job job = {build_body, &bp.b, bp.b.N};
+        run_job(&job, bp.T);
+        build_finish(&bp);
+        run_job(&apply, Ta);
+    }
+    Py_END_ALLOW_THREADS
+    build_release(&bp);
     Py_RETURN_NONE;
 }
 
@@ -1387,20 +1590,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
                           &o[9], &o[10], &block_size, &diamond, &n_pix, &n_chan, &eligible, &gamma_scale,
                           &normalize, &threads))
         return NULL;
-    View x, cam, alpha; /* cam (N, *S) and alpha (N, C) must fit x (N, C, *S) */
-    if (get_view(o[0], "x", &x) || get_view(o[2], "cam", &cam) || get_view(o[3], "alpha", &alpha)) return NULL;
-    int fits = x.ndim >= 3 && cam.ndim == x.ndim - 1 && alpha.ndim == 2 && cam.shape[0] == x.shape[0] &&
-               alpha.shape[0] == x.shape[0] && alpha.shape[1] == x.shape[1];
-    for (int d = 2; fits && d < x.ndim; ++d) fits = cam.shape[d - 1] == x.shape[d];
-    if (!fits) {
-        PyErr_SetString(PyExc_ValueError, "cam must be (N, *S) and alpha (N, C) for x of shape (N, C, *S)");
-        return NULL;
-    }
-    PyObject *r = run_build(o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10], block_size, diamond, n_pix,
-                            n_chan, eligible, gamma_scale, normalize, threads);
-    if (!r) return NULL;
-    Py_DECREF(r);
-    return run_apply(o[0], o[1], o[6], o[7], o[8], threads);
+    return run_forward(o, block_size, diamond, n_pix, n_chan, eligible, gamma_scale, normalize, threads);
 }
 
 /* ------------------------------------------------------------------------------------------ */
