@@ -61,9 +61,13 @@ fi
 echo "=== tests (box $(box 300)s)"
 TESTS=(tests/test_cuda.py tests/test_triton_paths.py tests/test_golden.py tests/test_hand_worked.py)
 [ "$DRY" = 1 ] && TESTS=(tests/test_cuda.py)
-CAMDROP_EXAMPLES_SCALE="${CAMDROP_EXAMPLES_SCALE:-0.1}" timeout "$(box 300)" "$PY" -m pytest -q -p no:cacheprovider \
-  "${TESTS[@]}" 2>&1 | tee "$OUT/tests.log"
-test_rc=${PIPESTATUS[0]}
+# -v: a line per test as it ends, so a run cut by its time box still shows what passed;
+# --durations: where the time went (Triton compiles count in the first test of each shape).
+CAMDROP_EXAMPLES_SCALE="${CAMDROP_EXAMPLES_SCALE:-0.1}" timeout "$(box 300)" "$PY" -m pytest -v -rfE \
+  --durations=15 -p no:cacheprovider "${TESTS[@]}" > "$OUT/tests.log" 2>&1
+test_rc=$?
+echo "tests passed: $(grep -c ' PASSED' "$OUT/tests.log")"
+tail -40 "$OUT/tests.log"
 [ "$test_rc" -ne 0 ] && status=1
 
 echo

@@ -57,6 +57,9 @@ def main(out: str) -> int:
         failed = [line for line in log if line.startswith(("FAILED", "ERROR"))]
         lines += ["", "tests: " + (final[-1].strip("= ") if final else "no summary line (timeout? see tests.log)")]
         lines += [f"  {t}" for t in failed[:10]]
+        lines += [f"  {line}" for line in log if line.startswith("Triton compiles")]
+        if not final:
+            lines.append(f"  {sum(' PASSED' in line for line in log)} passed before the cut")
     ncu = os.path.join(out, "ncu.txt")
     lines.append("ncu: " + (f"profile in {ncu}" if os.path.exists(ncu) and os.path.getsize(ncu) > 0
                             else "not available (see ncu.log)"))

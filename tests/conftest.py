@@ -83,3 +83,39 @@ def fast_backend(request):
     """Backends that run natively here (not in an interpreter): for tests making many calls."""
     with using(request.param):
         yield request.param
+
+
+# On a GPU, Triton compiles every new specialisation on first use (1-15 s each under Triton 3.6):
+# the run's summary says how many and how long, so a slow first run on a card can be read.
+_COMPILES = {}
+
+
+def _time_triton_compiles() -> None:
+    import time
+
+    from triton.runtime.jit import JITFunction
+
+    inner = JITFunction._do_compile
+
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(self, *args, **kwargs)
+        finally:
+            count, seconds = _COMPILES.get(self.__name__, (0, 0.0))
+            _COMPILES[self.__name__] = (count + 1, seconds + time.perf_counter() - t0)
+
+    JITFunction._do_compile = timed
+
+
+if HAS_CUDA and HAS_TRITON:
+    try:
+        _time_triton_compiles()
+    except (ImportError, AttributeError):  # another Triton layout: no figures, nothing else changes
+        pass
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _COMPILES:
+        terminalreporter.write_line("Triton compiles (kernel: count, seconds): " + ", ".join(
+            f"{name}: {count}, {seconds:.1f}" for name, (count, seconds) in sorted(_COMPILES.items())))
