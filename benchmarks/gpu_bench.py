@@ -33,7 +33,7 @@ from camdrop_kernels.options import Options
 
 DRY_RUN = os.environ.get("CAMDROP_GPU_DRY_RUN") == "1"
 DEVICE = "cpu" if DRY_RUN else "cuda"
-SHAPE = (2, 16, 12, 12) if DRY_RUN else (64, 256, 56, 56)
+SHAPE = (4, 32, 16, 16) if DRY_RUN else (64, 256, 56, 56)
 DTYPE = torch.bfloat16
 P_DROP, BLOCK = 0.1, 7
 
@@ -131,7 +131,7 @@ def timed(fn: Callable[[], object], reps: int = 15, inner: int = 10, graph: bool
 
 
 def contenders(layout: str) -> Dict[str, tuple]:
-    """name -> (fn, bytes moved per call, pass)."""
+    """name -> (fn, bytes moved per call, pass); "x" -> the forward input they share."""
     x, cam, alpha = inputs(layout)
     xg, _, _ = inputs(layout, requires_grad=True)
     dy = torch.randn_like(x)
@@ -171,22 +171,38 @@ def contenders(layout: str) -> Dict[str, tuple]:
         found["torchvision drop_block2d"] = (lambda: drop_block2d(x, P_DROP, BLOCK), 2 * nbytes, "forward")
     except Exception as exc:
         print(f"gpu_bench: torchvision drop_block2d unavailable: {exc}", file=sys.stderr)
+    found["x"] = x
     return found
+
+
+def dropped_share(fn: Callable[[], object], x: torch.Tensor) -> Optional[float]:
+    """The share of x's elements a forward zeroed (nonzero in x, zero in its output), or None when
+    its output is not a tensor like x (the floors, the state build)."""
+    y = fn()
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        return None
+    return float(((y == 0) & (x != 0)).sum()) / x.numel()
 
 
 def run(layouts=("contiguous", "channels_last")) -> dict:
     results: Dict[str, dict] = {}
     for layout in layouts:
-        for name, (fn, nbytes, kind) in contenders(layout).items():
+        found = contenders(layout)
+        x = found.pop("x")
+        for name, (fn, nbytes, kind) in found.items():
             t = timed(fn)
             t.update(bytes=nbytes, kind=kind)
+            if kind == "forward" and name not in ("copy", "multiply"):
+                t["dropped"] = dropped_share(fn, x)  # beside every time: a layer that drops nothing proves nothing
             if nbytes:
                 t["event_gbs"] = nbytes / t["event_us"] / 1e3
                 if t["graph_us"]:
                     t["graph_gbs"] = nbytes / t["graph_us"] / 1e3
             results[f"{layout} | {name}"] = t
+            share = t.get("dropped")
             print(f"{layout:14s} {name:34s} wall {t['wall_us']:9.1f} us  event {t['event_us']:9.1f} us  graph "
-                  f"{t['graph_us'] if t['graph_us'] is None else round(t['graph_us'], 1)} us", flush=True)
+                  f"{t['graph_us'] if t['graph_us'] is None else round(t['graph_us'], 1)} us"
+                  + (f"  dropped {100 * share:.2f}%" if share is not None else ""), flush=True)
         if not DRY_RUN:
             torch.cuda.empty_cache()
     return dict(device=device_name(), torch=torch.__version__, shape=list(SHAPE), dtype=str(DTYPE),

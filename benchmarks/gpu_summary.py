@@ -25,13 +25,15 @@ def main(out: str) -> int:
             lines += [line.rstrip() for line in f if line.strip()][:3]
     bench = _load(os.path.join(out, "bench.json"))
     if bench:
-        lines += ["", "| layout | contender | wall us | event us | graph us | GB/s (event) |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += ["", "| layout | contender | wall us | event us | graph us | GB/s (event) | x dropped |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         for key, r in bench["results"].items():
             layout, name = key.split(" | ", 1)
             graph = f"{r['graph_us']:.1f}" if r.get("graph_us") else "-"
             gbs = f"{r['event_gbs']:.0f}" if r.get("event_gbs") else "-"
-            lines.append(f"| {layout} | {name} | {r['wall_us']:.1f} | {r['event_us']:.1f} | {graph} | {gbs} |")
+            dropped = f"{100 * r['dropped']:.2f}%" if r.get("dropped") is not None else "-"
+            lines.append(f"| {layout} | {name} | {r['wall_us']:.1f} | {r['event_us']:.1f} | {graph} | {gbs} | "
+                         f"{dropped} |")
         lines += ["", "targets (issue 14, event timings):"]
         lines += [f"  {'met ' if met else 'MISS'} {text}: {value}" for text, value, met in bench["targets"]]
     else:
