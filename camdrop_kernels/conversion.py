@@ -322,7 +322,7 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
     ``rank`` overrides the map's rank, which is read from the place's first conv (else the last
     conv before it).
     """
-    if rank is not None and rank not in _LAYERS:
+    if rank is not None and (isinstance(rank, bool) or rank not in _LAYERS):
         raise ValueError(f"rank must be 1, 2 or 3; got {rank!r}")
     model = _unwrap(model)
     levels = _levels(model)
@@ -343,6 +343,9 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
     places = []
     for name in names:
         module = model.get_submodule(name)
+        if isinstance(module, nn.Linear):
+            raise ValueError(f"{name!r} is an nn.Linear: CamDrop drops blocks of conv feature maps (N, C, *S); name "
+                             "a conv block or stage instead")
         place_rank = rank if rank is not None else _place_rank(model, name)
         if place_rank is None:
             raise ValueError(f"cannot tell the rank of the map at {name!r} (no Conv1d/2d/3d in or before it): pass "
@@ -450,7 +453,11 @@ def convert(
         raise TypeError("convert sets drop_prob_scale itself (stage_scaling); pass stage_scaling=False for one rate")
     model_ = _unwrap(model)
     if isinstance(classifier, str):
-        classifier = model_.get_submodule(classifier)
+        try:
+            classifier = model_.get_submodule(classifier)
+        except AttributeError as exc:
+            raise ValueError(f"classifier {classifier!r} is not a submodule of {type(model_).__name__}: pass the "
+                             "final linear layer or its name") from exc
     elif classifier is None:
         classifier = find_classifier(model_)
     if not isinstance(classifier, nn.Module):
@@ -458,6 +465,7 @@ def convert(
                         f"{type(classifier).__name__}")
     places = conversion_places(model_, where, rank=rank)
     plans = []  # everything is checked before the model changes
+    taken = {}  # the module each place drops after -> the place's name (two places must not share one)
     for place in places:
         module = model_.get_submodule(place.name)
         scale = 4.0 ** -place.stage if stage_scaling and place.stage is not None else 1.0
@@ -465,11 +473,14 @@ def convert(
         if isinstance(module, CamDropNd):
             raise ValueError(f"{place.name!r} is already a CamDrop layer: convert a model once (set_drop_prob "
                              "changes the rate)")
-        if not place.replace:
-            target, target_name = _hook_target(module, place.name)
-            if isinstance(getattr(target, "camdrop", None), CamDropNd):
-                raise ValueError(f"{target_name!r} already has a CamDrop layer: convert a model once (set_drop_prob "
-                                 "changes the rate)")
+        target, target_name = (module, place.name) if place.replace else _hook_target(module, place.name)
+        if not place.replace and isinstance(getattr(target, "camdrop", None), CamDropNd):
+            raise ValueError(f"{target_name!r} already has a CamDrop layer: convert a model once (set_drop_prob "
+                             "changes the rate)")
+        if id(target) in taken:
+            raise ValueError(f"places {taken[id(target)]!r} and {place.name!r} both drop the output of "
+                             f"{target_name!r}: name it once")
+        taken[id(target)] = place.name
         layer = _LAYERS[place.rank](drop_prob * scale, size, classifier=classifier, drop_prob_scale=scale, **options)
         plans.append((place, module, layer))
     for place, module, layer in plans:

@@ -136,10 +136,18 @@ class CamDropNd(nn.Module):
     gamma_scale = property(lambda self: self.options.gamma_scale)
 
     def _apply(self, fn, recurse=True):
-        # model.half() / .to(dtype) convert floating buffers: keep the rate exactly float64.
+        # model.half() / .to(dtype) convert floating buffers: keep the rate exactly float64. And
+        # to_empty() (meta -> device, then load_state_dict) leaves buffers uninitialised, while this
+        # one is not in the state dict: refill it from the layer's rate every time.
         out = super()._apply(fn, recurse)
         if self._drop_prob.dtype != torch.float64:
             self._drop_prob = torch.tensor([self._p], dtype=torch.float64, device=self._drop_prob.device)
+        elif not self._drop_prob.is_meta:
+            with torch.no_grad():
+                self._drop_prob.fill_(self._p)
+        if not self._numel.is_meta:
+            with torch.no_grad():
+                self._numel.fill_(self._numel_value)
         return out
 
     # -- guidance ----------------------------------------------------------------------------------
@@ -274,6 +282,9 @@ class CamDropNd(nn.Module):
                 "missing_targets='skip' to make them the identity when no targets are given")
         if targets.shape[0] != x.shape[0]:
             raise ValueError(f"targets hold {targets.shape[0]} samples but the batch has {x.shape[0]}")
+        if classifier.weight.device != x.device:
+            raise ValueError(f"the bound classifier's weight is on {classifier.weight.device} but x is on {x.device}: "
+                             "move the whole model to one device")
         with torch.no_grad():
             alpha = importance(classifier.weight.detach(), targets, x.shape[1])
             cam = cam_unchecked(x.detach(), alpha)

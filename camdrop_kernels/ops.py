@@ -37,6 +37,7 @@ from torch import Tensor
 from . import backends, state
 from .options import Options, words_per_plane
 from .validation import FLOAT_DTYPES as _FLOATS
+from .validation import check_inplace
 
 _lib = torch.library.Library("camdrop_kernels", "DEF")
 _lib.define("camdrop(Tensor x, Tensor cam, Tensor alpha, Tensor seed, Tensor drop_prob, str options) "
@@ -164,8 +165,8 @@ def _kernels(device_type: str):
 
     def apply_kernel(x, slots, bits, scale):
         backend = backends.select(device_type)
-        if not getattr(backend, "CHECKS_INPUTS", False):
-            check_apply_inputs(x, slots, bits, scale)
+        if not (getattr(backend, "CHECKS_INPUTS", False) and isinstance(x, Tensor) and x.numel()):
+            check_apply_inputs(x, slots, bits, scale)  # (an empty x, which no backend sees, gets every check)
         y = torch.empty_like(x)
         if x.numel():
             backend.apply(x, y, slots, bits, scale)
@@ -174,6 +175,8 @@ def _kernels(device_type: str):
     def apply_inplace_kernel(x, slots, bits, scale):
         backend = backends.select(device_type)
         check_apply_inputs(x, slots, bits, scale)
+        if x.is_inference() and not torch.is_inference_mode_enabled():
+            _fail(RuntimeError, "inplace update to inference tensor x outside InferenceMode is not allowed")
         if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
             _fail(ValueError, "x must not have overlapping elements (an expanded tensor) to be written in place")
         if x.numel():
@@ -307,10 +310,25 @@ def _backward_apply(ctx, dy):
 
 
 # The ops called directly (torch.ops.camdrop_kernels.camdrop / camdrop_apply) are differentiable
-# too, with the same backward: the apply on dy. (The in-place op is differentiable through
-# CamDropApply, which marks x dirty; torch cannot attach a formula to a mutating op.)
+# too, with the same backward: the apply on dy.
 torch.library.register_autograd("camdrop_kernels::camdrop", _backward_forward, setup_context=_setup_forward)
 torch.library.register_autograd("camdrop_kernels::camdrop_apply", _backward_apply, setup_context=_setup_apply)
+
+
+def _apply_inplace_autograd(x, slots, bits, scale):
+    """camdrop_apply_ at the Autograd key (torch cannot attach a formula to a mutating op): with
+    grad mode on and x requiring grad, the checks torch's own in-place ops make (a leaf, or a view
+    of one, is refused before anything is written), then the in-place apply through CamDropApply,
+    which marks x dirty so its history gets the apply's backward; otherwise the kernel below."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        check_inplace(x)
+        CamDropApply.apply(x, slots, bits, scale, True)
+        return
+    with torch._C._AutoDispatchBelowAutograd():
+        camdrop_apply_(x, slots, bits, scale)
+
+
+_lib.impl("camdrop_apply_", _apply_inplace_autograd, "Autograd")
 
 
 def _forward(x, cam, alpha, seed, drop_prob, options):
@@ -331,6 +349,12 @@ def forward(x: Tensor, cam: Tensor, alpha: Tensor, seed: Tensor, drop_prob: Tens
     """(y, dropped, rate) for validated inputs (cam (N, *S)), with autograd where x takes part."""
     cam, alpha = cam.detach(), alpha.detach()
     grad = torch.is_grad_enabled() and x.requires_grad
+    if inplace and grad and torch.compiler.is_compiling():
+        # Dynamo mistraces an autograd.Function that mutates its input (mark_dirty): the compiled
+        # backward lost the mask and the scale. The out-of-place op and a copy_ trace exactly
+        # (functionalised, the copy costs nothing extra once the compiler reuses the buffer).
+        y, dropped, rate = CamDrop.apply(x, cam, alpha, seed, drop_prob, opts.key)
+        return x.copy_(y), dropped, rate
     if inplace:
         slots, bits, scale, dropped, rate = build_state(x, cam, alpha, seed, drop_prob, opts)
         if grad:

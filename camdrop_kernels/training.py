@@ -42,6 +42,12 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     layers = camdrop_layers(model)
     if not layers:
         raise ValueError("the model has no CamDrop layers: add them first (camdrop_kernels.convert)")
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a tensor: class indices (N,) or soft targets (N, K); got "
+                        f"{type(targets).__name__}")
+    if targets.dim() not in (1, 2):
+        raise ValueError(f"targets must be class indices (N,) or soft targets (N, K); got shape "
+                         f"{tuple(targets.shape)}")
     checked = set()
     for layer in layers:
         classifier = layer.classifier

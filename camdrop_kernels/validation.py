@@ -63,6 +63,10 @@ def check_inputs(rank: int, x, cam, alpha, module: bool = False) -> torch.Tensor
             and x.dtype in FLOAT_DTYPES and cam.dtype in FLOAT_DTYPES and alpha.dtype in FLOAT_DTYPES):
         for name, t in (("x", x), ("cam", cam), ("alpha", alpha)):
             check_floating_tensor(name, t)
+    if x.layout is not torch.strided or cam.layout is not torch.strided or alpha.layout is not torch.strided:
+        for name, t in (("x", x), ("cam", cam), ("alpha", alpha)):
+            if t.layout is not torch.strided:
+                raise TypeError(f"{name} must be a dense (strided) tensor; got layout {t.layout} (use .to_dense())")
     if x.dim() != rank + 2:
         check_rank(rank, x, module)
     shape = x.shape
@@ -170,16 +174,20 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_inplace(x: torch.Tensor) -> None:
-    """Refuse what torch's own in-place ops refuse: a leaf that requires grad while grad mode is
-    on, an inference tensor outside inference mode, or memory where several elements share one
+    """Refuse what torch's own in-place ops refuse, before any data is written: a leaf that
+    requires grad (or a view of one) while grad mode is on, an inference tensor outside inference mode, or memory where several elements share one
     location (an expanded tensor)."""
-    if x.is_inference() and not torch.is_inference_mode_enabled():
+    compiling = torch.compiler.is_compiling()
+    if not compiling and x.is_inference() and not torch.is_inference_mode_enabled():  # (Dynamo cannot trace it)
         raise RuntimeError("camdrop(inplace=True): inplace update to inference tensor outside InferenceMode is not "
                            "allowed; clone it first or run under torch.inference_mode()")
-    if x.is_leaf and x.requires_grad and torch.is_grad_enabled():
-        raise RuntimeError(
-            "camdrop(inplace=True): a leaf Variable that requires grad is being used in an in-place operation; "
-            "use inplace=False, run it under torch.no_grad(), or apply it to the output of another op")
+    if x.requires_grad and torch.is_grad_enabled():
+        base = x._base
+        if x.is_leaf or (base is not None and base.is_leaf and base.requires_grad):
+            what = "a leaf Variable" if x.is_leaf else "a view of a leaf Variable"
+            raise RuntimeError(
+                f"camdrop(inplace=True): {what} that requires grad is being used in an in-place operation; "
+                "use inplace=False, run it under torch.no_grad(), or apply it to the output of another op")
     if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
         raise ValueError("camdrop(inplace=True) needs x without overlapping elements (x is expanded); "
                          "use inplace=False or x.contiguous()")

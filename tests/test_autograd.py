@@ -99,6 +99,68 @@ def test_inplace_on_a_leaf_requiring_grad(backend):
     assert out is x and torch.equal(x.detach(), want)
 
 
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compiled_inplace_gradients_equal_eager(compiler):
+    """Regression: under torch.compile, inplace=True on an intermediate lost the mask and the scale
+    in backward (every gradient was the upstream one). Device: CPU (inductor builds C++ here)."""
+    torch._dynamo.reset()
+    x, cam, alpha = (t.float().cpu() for t in inputs(torch.float32))
+    kw = dict(drop_prob=0.6, block_size=3, seed=5, top_channels=0.5, backend="torch")
+
+    def f(t):
+        return ck.camdrop(t * 2, cam, alpha, inplace=True, **kw) + 1
+
+    a = x.clone().requires_grad_()
+    f(a).pow(2).sum().backward()
+    b = x.clone().requires_grad_()
+    torch.compile(f, backend=compiler, fullgraph=True)(b).pow(2).sum().backward()
+    assert (a.grad == 0).any()
+    assert torch.equal(a.grad == 0, b.grad == 0)  # the same elements dropped
+    # (aot_eager runs eager's ops; inductor may fuse x * 2 and the pow's derivative differently)
+    close = torch.equal if compiler == "aot_eager" else torch.allclose
+    assert close(a.grad, b.grad), (a.grad - b.grad).abs().max()
+
+
+def test_raw_inplace_op_under_autograd(backend):
+    """torch.ops.camdrop_kernels.camdrop_apply_ takes part in autograd like torch's in-place ops: on
+    an intermediate its gradient is the apply's; a leaf that requires grad, or a view of one, is
+    refused before anything is written; an inference tensor only inside inference mode."""
+    from camdrop_kernels.options import Options
+
+    x, cam, alpha = inputs(torch.float32)
+    opts = Options.get(2, 3, None, 0.5, "square", "batch", "eligible", 1.0)
+    seed, rate = torch.tensor([3]), torch.tensor([0.9], dtype=torch.float64)
+    slots, bits, scale = torch.ops.camdrop_kernels.camdrop_state(x, cam, alpha, seed, rate, opts.key)[:3]
+    a = x.clone().requires_grad_()
+    h = a * 2
+    torch.ops.camdrop_kernels.camdrop_apply_(h, slots, bits, scale)
+    h.pow(2).sum().backward()
+    b = x.clone().requires_grad_()
+    torch.ops.camdrop_kernels.camdrop_apply(b * 2, slots, bits, scale).pow(2).sum().backward()
+    assert (a.grad == 0).any() and torch.equal(a.grad, b.grad)
+    leaf = x.clone().requires_grad_()
+    for target, words in ((leaf, "leaf"), (leaf[:, 1:], "view of a leaf")):
+        before = leaf.detach().clone()
+        with pytest.raises(RuntimeError, match=words):
+            torch.ops.camdrop_kernels.camdrop_apply_(target, slots, bits, scale)
+        assert torch.equal(leaf.detach(), before)
+    with torch.inference_mode():
+        frozen = x.clone()
+        torch.ops.camdrop_kernels.camdrop_apply_(frozen, slots, bits, scale)
+    with pytest.raises(RuntimeError, match="inference"):
+        torch.ops.camdrop_kernels.camdrop_apply_(frozen, slots, bits, scale)
+
+
+def test_inplace_on_a_view_of_a_leaf_is_refused_before_writing(backend):
+    """Regression: the leaf's data was overwritten, then mark_dirty raised."""
+    x, cam, alpha = inputs(torch.float32)
+    x.requires_grad_()
+    before = x.detach().clone()
+    with pytest.raises(RuntimeError, match="view of a leaf"):
+        ck.camdrop(x[:, :3], cam, alpha[:, :3], 1.0, 3, seed=1, inplace=True, top_pixels=1.0)
+    assert torch.equal(x.detach(), before)
+
+
 def test_inplace_refuses_expanded_x():
     x, cam, alpha = inputs(torch.float32)
     expanded = x[:, :1].expand(-1, x.shape[1], -1, -1)

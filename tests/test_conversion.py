@@ -191,6 +191,22 @@ def test_where_forms():
     assert {p.rank for p in ck.conversion_places(model, "stages.3.blocks.0", rank=3)} == {3}
 
 
+def test_places_that_cannot_work_are_refused_before_the_model_changes():
+    """Two places dropping one output (a Sequential and its last child) would drop twice; a Linear
+    has no map; rank True is not a rank; an unknown classifier name is named."""
+    model = plain("tv_resnet18")
+    keys = set(model.state_dict())
+    with pytest.raises(ValueError, match="both drop the output of 'layer4.1'"):
+        ck.convert(model, where=["layer4", "layer4.1"])
+    with pytest.raises(ValueError, match="'fc' is an nn.Linear"):
+        ck.convert(model, where="fc")
+    with pytest.raises(ValueError, match="rank must be 1, 2 or 3; got True"):
+        ck.convert(model, where="layer4", rank=True)
+    with pytest.raises(ValueError, match="classifier 'head' is not a submodule"):
+        ck.convert(model, classifier="head")
+    assert not ck.camdrop_layers(model) and set(model.state_dict()) == keys
+
+
 def test_named_places_get_their_stage_defaults_and_a_plain_sequential_is_hooked_at_its_end():
     model = ck.convert(plain("tv_efficientnet_b0"), 0.4, where=["features.6", "features.4.0.block.1"])
     names = [name for name, m in model.named_modules() if isinstance(m, CamDrop2d)]
@@ -262,7 +278,7 @@ def test_errors_say_what_to_pass():
     with pytest.raises(ValueError, match=r"get_classifier\(\)\) is a Identity.*num_classes=0.*pass classifier="):
         ck.convert(timm.create_model("resnet18", num_classes=0), 0.1)
     with pytest.raises(ValueError, match="cannot tell the rank .* pass rank="):
-        ck.convert(nn.Sequential(nn.Linear(3, 3), nn.Conv2d(3, 3, 3), nn.Linear(3, 2)), 0.1, where="0")
+        ck.convert(nn.Sequential(nn.GELU(), nn.Conv2d(3, 3, 3), nn.Linear(3, 2)), 0.1, where="0")
     with pytest.raises(ValueError, match="asks for the last 9 stages, but ConvNeXt has 4"):
         ck.convert(plain("timm_convnext_nano"), 0.1, where=9)
     with pytest.raises(TypeError, match="where must be"):

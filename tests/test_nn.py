@@ -46,6 +46,21 @@ def test_rate_is_a_float64_buffer_outside_the_state_dict():
     assert net.drop._drop_prob.item() == 0.1 and net.drop.drop_prob == 0.1
 
 
+def test_to_empty_refills_the_rate_and_count_buffers():
+    """Built on meta, then to_empty (the large-model flow): the non-persistent buffers, which
+    load_state_dict cannot restore, hold the layer's rate and count again, not garbage."""
+    with torch.device("meta"):
+        net = Net(drop_prob=0.25)
+    net = net.to_empty(device="cpu")
+    net.load_state_dict(Net().state_dict())
+    assert net.drop._drop_prob.item() == 0.25 and net.drop._numel.item() == net.drop._numel_value
+    net.train()
+    x, y = batch()
+    with ck.targets(net, y):
+        net(x)
+    assert float(net.drop.last_dropped_fraction) > 0
+
+
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_statistics_without_sync(rank):
     torch.manual_seed(0)

@@ -154,3 +154,34 @@ def test_class_activation_map_errors():
         ck.class_activation_map(x, torch.randn(2, 5))
     with pytest.raises(ValueError, match="x must be .N, C, .S."):
         ck.class_activation_map(x[0, 0], alpha)
+
+
+@pytest.mark.parametrize("entry", [ck.camdrop, ck.camdrop_mask])
+@pytest.mark.parametrize("which", ["x", "cam", "alpha"])
+def test_non_dense_layouts_are_named(entry, which):
+    """Sparse and mkldnn tensors are refused by name (they failed deep inside torch)."""
+    args = dict(x=x, cam=cam, alpha=alpha)
+    for layout in ("sparse", "mkldnn"):
+        if layout == "mkldnn" and (which != "x" or not torch.backends.mkldnn.is_available()):
+            continue
+        bad = dict(args, **{which: args[which].to_sparse() if layout == "sparse" else args[which].to_mkldnn()})
+        with pytest.raises(TypeError, match=f"{which} must be a dense"):
+            entry(bad["x"], bad["cam"], bad["alpha"], 0.5, 3)
+
+
+def test_targets_must_be_indices_or_soft_targets():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), ck.CamDrop2d(0.5, 3))
+    with pytest.raises(TypeError, match="targets must be a tensor"):
+        with ck.targets(net, [0, 1]):
+            pass
+    with pytest.raises(ValueError, match=r"\(N,\) or soft targets \(N, K\); got shape \(\)"):
+        with ck.targets(net, torch.tensor(3)):
+            pass
+
+
+def test_raw_apply_checks_an_empty_x_too():
+    """Regression: on the native backend an empty x skipped the state's checks."""
+    empty = torch.empty(0, 4, 5, 6)
+    bad = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="slots"):
+        torch.ops.camdrop_kernels.camdrop_apply(empty, bad, bad, bad)
