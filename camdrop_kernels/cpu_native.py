@@ -40,9 +40,10 @@ def build_state(x, cam, alpha, seed, drop_prob, opts: Options, out) -> None:
 
 
 def forward(x, cam, alpha, seed, drop_prob, opts: Options, y, out) -> None:
-    """Steps 1-8 in one call: the state into ``out``, then y."""
+    """Steps 1-8 in one call (one parallel region in C): the state into ``out``, then y."""
+    slots, bits, scale, dropped, rate = out
     _native.forward(_dl(x), _dl(y), _dl(cam.contiguous()), _dl(alpha.contiguous()), _dl(seed), _dl(drop_prob),
-                    *[_dl(t) for t in out], *_parameters(x, opts))
+                    _dl(slots), _dl(bits), _dl(scale), _dl(dropped), _dl(rate), *_parameters(x, opts))
 
 
 def apply(x, y, slots, bits, scale) -> None:

@@ -7,6 +7,8 @@
  *           state (slots, bits, scale) and the statistics (dropped, rate).
  *   apply   step 8: y = +0.0 where the state says dropped, else x * scale rounded once to
  *           x's dtype, in one pass over x for any strides (the backward is this on dy).
+ *   forward both in one parallel region: build, a barrier, the scales, a barrier, apply. The
+ *           apply then reads the build's own slots (this call's memory), not the caller's.
  *
  * Safety: every tensor arrives as a DLPack capsule (torch.utils.dlpack.to_dlpack), so this file
  * reads shapes, strides, dtypes and devices from the tensors themselves and checks all of them,
@@ -16,7 +18,8 @@
  * Threads: the loops run on torch's own OpenMP pool. The GOMP entry points of the OpenMP
  * runtime torch loaded are looked up at run time (dlsym); the caller passes
  * torch.get_num_threads(). So this code adds no threads of its own and cannot oversubscribe
- * the cores torch uses; without such a runtime everything runs on the calling thread.
+ * the cores torch uses; without such a runtime everything runs on the calling thread (and
+ * without GOMP_barrier the forward forks twice, build then apply).
  *
  * No torch headers: this builds in a second or two with any C compiler, and does not depend
  * on the torch version it runs beside.
@@ -446,23 +449,32 @@ static inline uint64_t order_key64(double v) {
     return u ^ (neg | ((uint64_t)1 << 63));
 }
 
-static inline uint64_t order_key32(uint32_t u) {
-    u = (u & 0x7FFFFFFFu) > 0x7F800000u ? 0xFF800000u : u; /* NaN -> -inf */
-    u = u == 0x80000000u ? 0u : u;                        /* -0.0 -> +0.0 */
+static inline uint32_t order_key32(uint32_t u) {
+    u = (int32_t)(u & 0x7FFFFFFFu) > 0x7F800000 ? 0xFF800000u : u; /* NaN -> -inf (a signed compare: vectorises) */
+    u = u == 0x80000000u ? 0u : u;                                /* -0.0 -> +0.0 */
     uint32_t neg = (uint32_t)((int32_t)u >> 31);
     return u ^ (neg | 0x80000000u);
 }
 
-/* key[k] = the order key of row[k] for k < n: the dtype switch once per row; returns the key width. */
-static int row_keys(const char *base, int type, int64_t start, int64_t n, uint64_t *key) {
+/* Built for AVX2 and for the baseline, picked at load time where the toolchain supports it. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+/* key[k] = the order key of row[k] for k < n: 32-bit keys (uint32_t) for float16/bfloat16/float32,
+   64-bit (uint64_t) for float64; returns the key width. The dtype switch once per row. */
+CLONES static int row_keys(const char *base, int type, int64_t start, int64_t n, void *keys) {
+    uint32_t *restrict key = keys;
     switch (type) {
     case T_F32: {
-        const uint32_t *v = (const uint32_t *)base + start;
+        const uint32_t *restrict v = (const uint32_t *)base + start;
         for (int64_t k = 0; k < n; ++k) key[k] = order_key32(v[k]);
         return 32;
     }
     case T_BF16: {
-        const uint16_t *v = (const uint16_t *)base + start;
+        const uint16_t *restrict v = (const uint16_t *)base + start;
         for (int64_t k = 0; k < n; ++k) key[k] = order_key32((uint32_t)v[k] << 16);
         return 32;
     }
@@ -476,129 +488,279 @@ static int row_keys(const char *base, int type, int64_t start, int64_t n, uint64
         return 32;
     }
     default: {
-        const double *v = (const double *)base + start;
-        for (int64_t k = 0; k < n; ++k) key[k] = order_key64(v[k]);
+        uint64_t *restrict key64 = keys;
+        const double *restrict v = (const double *)base + start;
+        for (int64_t k = 0; k < n; ++k) key64[k] = order_key64(v[k]);
         return 64;
     }
     }
 }
 
-#define DIGIT(key, shift) ((int)(((key) >> (shift)) & 255))
+#define ALL_TIES INT64_MAX /* need_eq when every key equal to the threshold is in */
 
-/* A heap of the n best entries so far, its worst on top (fed in index order, so an entry that
-   only ties the top never displaces it): O(L log n) comparisons in the worst case, and about L
-   when n is much smaller than L, since nearly every entry then fails one comparison. */
-static void top_n_heap(const uint64_t *key, int64_t L, int64_t n, int64_t *heap, uint8_t *mark, uint64_t *visits) {
-#define WORSE(a, b) (key[a] < key[b] || (key[a] == key[b] && (a) > (b)))
-    for (int64_t k = 0; k < L; ++k) {
-        int64_t c;
-        if (k < n) { /* grow: sift the new entry up */
-            heap[k] = k;
-            for (c = k; c > 0 && WORSE(heap[c], heap[(c - 1) / 2]); c = (c - 1) / 2) {
-                int64_t t = heap[c]; heap[c] = heap[(c - 1) / 2]; heap[(c - 1) / 2] = t;
-                ++*visits;
-            }
+/* dst[0..kept) = the entries v of src[0..m) with v >> shift == prefix, in order (dst may be src);
+   returns kept. */
+static int64_t compact64(const uint64_t *src, int64_t m, uint64_t *dst, int shift, uint64_t prefix) {
+    int64_t kept = 0;
+    for (int64_t t = 0; t < m; ++t) {
+        uint64_t v = src[t];
+        dst[kept] = v;
+        kept += (v >> shift) == prefix;
+    }
+    return kept;
+}
+
+#if defined(HAVE_X86)
+static uint64_t pack_lanes[256]; /* byte r of pack_lanes[mask] = the index of mask's r-th set bit */
+static uint64_t rank_lanes[256]; /* byte l of rank_lanes[mask] = the set bits of mask below bit l */
+
+static void init_pack_lanes(void) {
+    for (int mask = 0; mask < 256; ++mask) {
+        uint64_t v = 0, r = 0;
+        for (int lane = 0, n = 0; lane < 8; ++lane) {
+            r |= (uint64_t)n << (8 * lane);
+            if ((mask >> lane) & 1) v |= (uint64_t)lane << (8 * n++);
+        }
+        pack_lanes[mask] = v;
+        rank_lanes[mask] = r;
+    }
+}
+
+/* take_top32 where every tie is in (entries >= t): eight at a time, a lane's rank from its mask's
+   bits below it; the taken entries' indices packed to the front and stored whole at chan_row + j
+   (chan_row holds L + 8: the extra lanes are overwritten or past the last rank). */
+__attribute__((target("avx2"))) static int64_t take_top32_avx2(const uint32_t *key, int64_t L, uint32_t t,
+                                                               int32_t *slot, int32_t *chan_row) {
+    const __m256i tv = _mm256_set1_epi32((int)t), none = _mm256_set1_epi32(-1);
+    int64_t j = 0, k = 0;
+    for (; k + 8 <= L; k += 8) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(key + k));
+        __m256i take = _mm256_cmpeq_epi32(_mm256_max_epu32(v, tv), v); /* v >= t, unsigned */
+        int mask = _mm256_movemask_ps(_mm256_castsi256_ps(take));
+        if (!mask) {
+            _mm256_storeu_si256((__m256i *)(slot + k), none);
             continue;
         }
-        ++*visits;
-        if (!(key[k] > key[heap[0]])) continue; /* a tie with the top loses: its index is larger */
-        heap[0] = k;
-        for (c = 0;;) { /* sift down */
-            int64_t l = 2 * c + 1, r = l + 1, m = c;
-            if (l < n && WORSE(heap[l], heap[m])) m = l;
-            if (r < n && WORSE(heap[r], heap[m])) m = r;
-            ++*visits;
-            if (m == c) break;
-            int64_t t = heap[c]; heap[c] = heap[m]; heap[m] = t;
-            c = m;
-        }
+        __m256i rank = _mm256_add_epi32(_mm256_set1_epi32((int)j),
+                                        _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)rank_lanes[mask])));
+        _mm256_storeu_si256((__m256i *)(slot + k), _mm256_blendv_epi8(none, rank, take));
+        __m256i idx = _mm256_add_epi32(_mm256_set1_epi32((int)k),
+                                       _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)pack_lanes[mask])));
+        _mm256_storeu_si256((__m256i *)(chan_row + j), idx);
+        j += __builtin_popcount((unsigned)mask);
     }
+    for (; k < L; ++k) {
+        int tk = key[k] >= t;
+        slot[k] = tk ? (int32_t)j : -1;
+        chan_row[j] = (int32_t)k;
+        j += tk;
+    }
+    return j;
+}
+
+/* Eight lanes at a time: compare, then the kept lanes moved to the front with one permute and
+   stored whole (the extra lanes land at or below entries already read, and are overwritten). */
+__attribute__((target("avx2"))) static int64_t compact32_avx2(const uint32_t *src, int64_t m, uint32_t *dst,
+                                                              int shift, uint32_t prefix) {
+    const __m256i want = _mm256_set1_epi32((int)prefix);
+    const __m128i count = _mm_cvtsi32_si128(shift);
+    int64_t kept = 0, t = 0;
+    for (; t + 8 <= m; t += 8) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(src + t));
+        __m256i eq = _mm256_cmpeq_epi32(_mm256_srl_epi32(v, count), want);
+        int mask = _mm256_movemask_ps(_mm256_castsi256_ps(eq));
+        __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)pack_lanes[mask]));
+        _mm256_storeu_si256((__m256i *)(dst + kept), _mm256_permutevar8x32_epi32(v, perm));
+        kept += __builtin_popcount((unsigned)mask);
+    }
+    for (; t < m; ++t) {
+        uint32_t v = src[t];
+        dst[kept] = v;
+        kept += (v >> shift) == prefix;
+    }
+    return kept;
+}
+#endif
+
+static int64_t compact32(const uint32_t *src, int64_t m, uint32_t *dst, int shift, uint32_t prefix) {
+#if defined(HAVE_X86)
+    if (have_avx2 && m >= 64) return compact32_avx2(src, m, dst, shift, prefix);
+#endif
+    int64_t kept = 0;
+    for (int64_t t = 0; t < m; ++t) {
+        uint32_t v = src[t];
+        dst[kept] = v;
+        kept += (v >> shift) == prefix;
+    }
+    return kept;
+}
+
+/* The ranking, for 32-bit keys (suffix 32) and 64-bit keys (suffix 64):
+
+   top_n_heap: a heap of the n best entries so far, its worst on top (fed in index order, so an
+   entry that only ties the top never displaces it): O(L log n) comparisons in the worst case,
+   and about L when n is much smaller than L, since nearly every entry then fails one comparison.
+
+   nth_key: the n-th largest key t of key[0..L) (1 <= n < L), and need_eq: the top n entries are
+   every key above t and the first need_eq keys equal to t in index order (ALL_TIES: all of them).
+   Radix select, most significant byte first: a 256-bin histogram of the current byte over the
+   candidates tells which byte value b holds the n-th entry; entries above b are in, entries at b
+   stay candidates (their key values, compacted branch-free into ``cand``; where every candidate
+   shares b the list stays as it is), and the next byte's histogram is counted over the kept ones
+   only. At most (bits / 8) rounds over shrinking lists, so O(2 (bits / 8) L) in the worst case
+   (all keys equal) whatever the input: no input makes it quadratic.
+
+   take_top: slot[k] = the entry's rank in index order among the top n (t, need_eq from nth_key)
+   or -1, and chan_row[r] = the entry of rank r (chan_row holds L + 8: entries past the last rank
+   are written); returns n.
+
+   top_n: mark[k] = 1 for the n top entries (1 <= n <= L), else 0.
+
+   ``cand`` holds L keys; *visits counts element visits (for the tests). */
+#define RANKING(S, KT)                                                                                       \
+static void top_n_heap##S(const KT *key, int64_t L, int64_t n, int64_t *heap, uint8_t *mark, uint64_t *visits) { \
+    for (int64_t k = 0; k < L; ++k) {                                                                        \
+        int64_t c;                                                                                           \
+        if (k < n) { /* grow: sift the new entry up */                                                       \
+            heap[k] = k;                                                                                     \
+            for (c = k; c > 0 && WORSE(heap[c], heap[(c - 1) / 2]); c = (c - 1) / 2) {                      \
+                int64_t t = heap[c]; heap[c] = heap[(c - 1) / 2]; heap[(c - 1) / 2] = t;                    \
+                ++*visits;                                                                                   \
+            }                                                                                                \
+            continue;                                                                                        \
+        }                                                                                                    \
+        ++*visits;                                                                                           \
+        if (!(key[k] > key[heap[0]])) continue; /* a tie with the top loses: its index is larger */         \
+        heap[0] = k;                                                                                         \
+        for (c = 0;;) { /* sift down */                                                                      \
+            int64_t l = 2 * c + 1, r = l + 1, m = c;                                                         \
+            if (l < n && WORSE(heap[l], heap[m])) m = l;                                                     \
+            if (r < n && WORSE(heap[r], heap[m])) m = r;                                                     \
+            ++*visits;                                                                                       \
+            if (m == c) break;                                                                               \
+            int64_t t = heap[c]; heap[c] = heap[m]; heap[m] = t;                                            \
+            c = m;                                                                                           \
+        }                                                                                                    \
+    }                                                                                                        \
+    memset(mark, 0, (size_t)L);                                                                              \
+    for (int64_t k = 0; k < n; ++k) mark[heap[k]] = 1;                                                       \
+}                                                                                                            \
+                                                                                                             \
+static KT nth_key##S(const KT *key, int64_t L, int64_t n, KT *cand, int64_t *need_eq, uint64_t *visits) {   \
+    int32_t h4[4][256];                                                                                      \
+    int64_t hist[256];                                                                                       \
+    const KT *src = key; /* the candidates: every entry, then the compacted list */                         \
+    int64_t m = L, need = n;                                                                                 \
+    int shift = (int)(8 * sizeof(KT)) - 8;                                                                   \
+    memset(hist, 0, sizeof(hist));                                                                           \
+    for (int64_t k0 = 0; k0 < L; k0 += (int64_t)1 << 28) { /* int32 counts: 2**28 entries at a time */      \
+        const int64_t k1 = L - k0 < ((int64_t)1 << 28) ? L : k0 + ((int64_t)1 << 28);                        \
+        int64_t k = k0;                                                                                      \
+        memset(h4, 0, sizeof(h4));                                                                           \
+        for (; k + 4 <= k1; k += 4) { /* four sub-histograms: no chain of increments on one bin */           \
+            h4[0][(key[k] >> shift) & 255]++;                                                                \
+            h4[1][(key[k + 1] >> shift) & 255]++;                                                            \
+            h4[2][(key[k + 2] >> shift) & 255]++;                                                            \
+            h4[3][(key[k + 3] >> shift) & 255]++;                                                            \
+        }                                                                                                    \
+        for (; k < k1; ++k) h4[0][(key[k] >> shift) & 255]++;                                                \
+        for (int d = 0; d < 256; ++d) hist[d] += h4[0][d] + h4[1][d] + h4[2][d] + h4[3][d];                  \
+    }                                                                                                        \
+    *visits += (uint64_t)L;                                                                                  \
+    KT prefix = 0; /* the bytes fixed so far: every candidate's key >> shift equals prefix */               \
+    for (;;) {                                                                                               \
+        int b = 255;                                                                                         \
+        int64_t above = 0;                                                                                   \
+        while (above + hist[b] < need) above += hist[b--]; /* hist sums to m >= need: b stays >= 0 */        \
+        need -= above;                                                                                       \
+        prefix = (KT)(prefix << 8) | (KT)b;                                                                   \
+        if (hist[b] != m) { /* keep the candidates at b (in place: kept <= t) */                             \
+            int64_t kept = compact##S(src, m, cand, shift, prefix);                                          \
+            *visits += (uint64_t)m;                                                                          \
+            src = cand;                                                                                      \
+            m = kept;                                                                                        \
+        }                                                                                                    \
+        if (need == m) { /* every candidate is in: t is the smallest, and every tie with it is in */         \
+            KT t = src[0];                                                                                   \
+            for (int64_t k = 1; k < m; ++k) t = src[k] < t ? src[k] : t;                                     \
+            *visits += (uint64_t)m;                                                                          \
+            *need_eq = ALL_TIES;                                                                             \
+            return t;                                                                                        \
+        }                                                                                                    \
+        if (shift == 0) { /* the candidates share one key: the first `need` of them in index order */        \
+            *need_eq = need;                                                                                 \
+            return src[0];                                                                                   \
+        }                                                                                                    \
+        shift -= 8;                                                                                          \
+        memset(hist, 0, sizeof(hist));                                                                       \
+        for (int64_t t = 0; t < m; ++t) hist[(src[t] >> shift) & 255]++;                                     \
+        *visits += (uint64_t)m;                                                                              \
+    }                                                                                                        \
+}                                                                                                            \
+                                                                                                             \
+static int64_t take_top##S(const KT *key, int64_t L, KT t, int64_t need_eq, int32_t *slot, int32_t *chan_row) { \
+    int64_t j = 0;                                                                                           \
+    if (need_eq == ALL_TIES && TAKE_FAST##S(key, L, t, slot, chan_row, &j)) return j;                        \
+    if (need_eq == ALL_TIES) {                                                                               \
+        for (int64_t k = 0; k < L; ++k) {                                                                    \
+            int take = key[k] >= t;                                                                          \
+            slot[k] = take ? (int32_t)j : -1;                                                                \
+            chan_row[j] = (int32_t)k; /* overwritten by the next entry unless this one is taken */           \
+            j += take;                                                                                       \
+        }                                                                                                    \
+        return j;                                                                                            \
+    }                                                                                                        \
+    int64_t eq = 0;                                                                                          \
+    for (int64_t k = 0; k < L; ++k) {                                                                        \
+        int at = key[k] == t, take = (key[k] > t) | (at & (eq < need_eq));                                   \
+        eq += at;                                                                                            \
+        slot[k] = take ? (int32_t)j : -1;                                                                    \
+        chan_row[j] = (int32_t)k;                                                                            \
+        j += take;                                                                                           \
+    }                                                                                                        \
+    return j;                                                                                                \
+}                                                                                                            \
+                                                                                                             \
+static void top_n##S(const KT *key, int64_t L, int64_t n, int64_t *cand, uint8_t *mark, uint64_t *visits) {  \
+    if (n >= L) {                                                                                            \
+        memset(mark, 1, (size_t)L);                                                                          \
+        return;                                                                                              \
+    }                                                                                                        \
+    if (32 * n <= L) { /* few winners: the heap touches each entry about once */                             \
+        top_n_heap##S(key, L, n, cand, mark, visits);                                                        \
+        return;                                                                                              \
+    }                                                                                                        \
+    int64_t need_eq, eq = 0;                                                                                 \
+    const KT t = nth_key##S(key, L, n, (KT *)cand, &need_eq, visits);                                        \
+    for (int64_t k = 0; k < L; ++k) {                                                                        \
+        int at = key[k] == t;                                                                                \
+        mark[k] = (uint8_t)((key[k] > t) | (at & (eq < need_eq)));                                           \
+        eq += at;                                                                                            \
+    }                                                                                                        \
+    *visits += (uint64_t)L;                                                                                  \
+}
+
+static inline int take_fast32(const uint32_t *key, int64_t L, uint32_t t, int32_t *slot, int32_t *chan_row, int64_t *j) {
+#if defined(HAVE_X86)
+    if (have_avx2) {
+        *j = take_top32_avx2(key, L, t, slot, chan_row);
+        return 1;
+    }
+#endif
+    (void)key, (void)L, (void)t, (void)slot, (void)chan_row, (void)j;
+    return 0;
+}
+#define TAKE_FAST32 take_fast32
+#define TAKE_FAST64(key, L, t, slot, chan_row, j) 0
+#define WORSE(a, b) (key[a] < key[b] || (key[a] == key[b] && (a) > (b)))
+RANKING(32, uint32_t)
+RANKING(64, uint64_t)
 #undef WORSE
-    memset(mark, 0, (size_t)L);
-    for (int64_t k = 0; k < n; ++k) mark[heap[k]] = 1;
-}
 
-/* The n-th largest key t of key[0..L) (1 <= n < L), and need_eq: the top n entries are every key
-   above t and the first need_eq keys equal to t in index order. Radix select, most significant
-   byte first: a 256-bin histogram of the current byte over the candidates tells which byte value b
-   holds the n-th entry; entries above b are in, entries at b stay candidates (their key values,
-   compacted branch-free into ``cand``; where every candidate shares b the list stays as it is),
-   and the next byte's histogram is counted over the kept ones only. At most bits/8 rounds over
-   shrinking lists, so O(2 bits/8 L) in the worst case (all keys equal) whatever the input: no
-   input makes it quadratic. ``cand`` holds L keys; *visits counts element visits (for the tests). */
-static uint64_t nth_key(const uint64_t *key, int bits, int64_t L, int64_t n, uint64_t *cand, int64_t *need_eq,
-                        uint64_t *visits) {
-    int32_t h4[4][256];
-    int64_t hist[256];
-    const uint64_t *src = key; /* the candidates: every entry, then the compacted list */
-    int64_t m = L, need = n;
-    int shift = bits - 8;
-    memset(h4, 0, sizeof(h4)); /* per-bin counts of one quarter of a row: rows are below 2**33 entries */
-    for (int64_t k = 0; k + 4 <= L; k += 4) { /* four sub-histograms: no chain of increments on one bin */
-        h4[0][DIGIT(key[k], shift)]++;
-        h4[1][DIGIT(key[k + 1], shift)]++;
-        h4[2][DIGIT(key[k + 2], shift)]++;
-        h4[3][DIGIT(key[k + 3], shift)]++;
-    }
-    for (int64_t k = L & ~(int64_t)3; k < L; ++k) h4[0][DIGIT(key[k], shift)]++;
-    for (int d = 0; d < 256; ++d) hist[d] = (int64_t)h4[0][d] + h4[1][d] + h4[2][d] + h4[3][d];
-    *visits += (uint64_t)L;
-    for (;;) {
-        int b = 255;
-        int64_t above = 0;
-        while (above + hist[b] < need) above += hist[b--]; /* hist sums to m >= need: b stays >= 0 */
-        need -= above;
-        if (hist[b] != m) { /* keep the candidates at b (in place: kept <= t) */
-            int64_t kept = 0;
-            for (int64_t t = 0; t < m; ++t) {
-                uint64_t v = src[t];
-                cand[kept] = v;
-                kept += DIGIT(v, shift) == b;
-            }
-            *visits += (uint64_t)m;
-            src = cand;
-            m = kept;
-        }
-        if (need == m) { /* every candidate is in: t is the smallest, and every tie with it is in */
-            uint64_t t = src[0];
-            for (int64_t k = 1; k < m; ++k) t = src[k] < t ? src[k] : t;
-            *visits += (uint64_t)m;
-            *need_eq = m;
-            return t;
-        }
-        if (shift == 0) { /* the candidates share one key: the first `need` of them in index order */
-            *need_eq = need;
-            return src[0];
-        }
-        shift -= 8;
-        memset(h4[0], 0, sizeof(h4[0]));
-        for (int64_t t = 0; t < m; ++t) h4[0][DIGIT(src[t], shift)]++;
-        for (int d = 0; d < 256; ++d) hist[d] = h4[0][d];
-        *visits += (uint64_t)m;
-    }
-}
-
-/* Marks (1 = selected) the n top entries of key[0..L) (1 <= n <= L): larger keys first, equal
-   keys in index order. A heap when few are chosen, else nth_key and one pass. ``cand`` holds L
-   entries of 8 bytes; *visits counts element visits (for the tests). */
-static void top_n(const uint64_t *key, int bits, int64_t L, int64_t n, int64_t *cand, uint8_t *mark,
-                  uint64_t *visits) {
-    if (n >= L) {
-        memset(mark, 1, (size_t)L);
-        return;
-    }
-    if (32 * n <= L) { /* few winners: the heap touches each entry about once */
-        top_n_heap(key, L, n, cand, mark, visits);
-        return;
-    }
-    int64_t need_eq, eq = 0;
-    const uint64_t t = nth_key(key, bits, L, n, (uint64_t *)cand, &need_eq, visits);
-    for (int64_t k = 0; k < L; ++k) {
-        int at = key[k] == t;
-        mark[k] = (uint8_t)((key[k] > t) | (at & (eq < need_eq)));
-        eq += at;
-    }
-    *visits += (uint64_t)L;
+/* mark[k] = 1 for the n top entries of a row's keys (row_keys: ``bits`` wide), else 0. */
+static void top_n(const void *key, int bits, int64_t L, int64_t n, int64_t *cand, uint8_t *mark, uint64_t *visits) {
+    if (bits == 32) top_n32(key, L, n, cand, mark, visits);
+    else top_n64(key, L, n, cand, mark, visits);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -716,6 +878,7 @@ typedef struct {
     int32_t *slot_own; /* (N, C) this call's own copy of the slots: what the kernels read */
     int32_t *chan;     /* (N, n'): the channel of each slot */
     int64_t *ntop;     /* (N,): top channels per sample */
+    int64_t *count;    /* (N,): dropped elements per sample (this call's own copy) */
     uint32_t *keep;    /* (N, C) or NULL: all ones outside the top channels, 0 at them */
 } BuildCtx;
 
@@ -729,8 +892,8 @@ static void build_body(void *p, int64_t begin, int64_t end, int tid) {
     int64_t *elig = heap + longest;
     uint64_t *offs = (uint64_t *)(elig + P);
     float *u = (float *)(offs + BATCH);
-    int32_t *chan_row = (int32_t *)(u + BATCH); /* C + 1 entries: the pass below writes one past the last slot */
-    uint8_t *mark = (uint8_t *)(chan_row + C + 1);
+    int32_t *chan_row = (int32_t *)(u + BATCH); /* C + 8 entries: take_top writes past the last slot */
+    uint8_t *mark = (uint8_t *)(chan_row + C + 8);
     uint64_t cmp = 0;
     for (int64_t i = begin; i < end; ++i) {
         /* Step 2: the top channels, numbered in ascending channel order. */
@@ -738,17 +901,19 @@ static void build_body(void *p, int64_t begin, int64_t end, int tid) {
         int32_t *slot = b->slot_own + i * C, *slot_out = b->slots + i * C, *chan = b->chan + i * b->n_chan;
         int64_t j = 0;
         if (b->n_chan < C && 32 * b->n_chan > C) { /* the usual n' = C/8: the n'-th key, then one pass */
-            int64_t need_eq, eq = 0;
-            const uint64_t t = nth_key(key, bits, C, b->n_chan, (uint64_t *)heap, &need_eq, &cmp);
-            for (int64_t c = 0; c < C; ++c) {
-                int at = key[c] == t, take = (key[c] > t) | (at & (eq < need_eq));
-                eq += at;
-                slot[c] = take ? (int32_t)j : -1;
-                chan_row[j] = (int32_t)c; /* overwritten by the next channel unless this one is taken */
-                j += take;
+            int64_t need_eq;
+            if (bits == 32) {
+                const uint32_t t = nth_key32((const uint32_t *)key, C, b->n_chan, (uint32_t *)heap, &need_eq, &cmp);
+                j = take_top32((const uint32_t *)key, C, t, need_eq, slot, chan_row);
+            } else {
+                const uint64_t t = nth_key64((const uint64_t *)key, C, b->n_chan, (uint64_t *)heap, &need_eq, &cmp);
+                j = take_top64((const uint64_t *)key, C, t, need_eq, slot, chan_row);
             }
-            memcpy(chan, chan_row, sizeof(int32_t) * (size_t)b->n_chan);
-        } else {
+            if (j == b->n_chan) memcpy(chan, chan_row, sizeof(int32_t) * (size_t)j);
+            else j = -1; /* (never: exactly n' by construction; the marks below would redo it) */
+        }
+        if (j < 0 || !(b->n_chan < C && 32 * b->n_chan > C)) {
+            j = 0;
             top_n(key, bits, C, b->n_chan, heap, mark, &cmp);
             for (int64_t c = 0; c < C; ++c) {
                 slot[c] = mark[c] ? (int32_t)j : -1;
@@ -834,6 +999,7 @@ static void build_body(void *p, int64_t begin, int64_t end, int tid) {
             for (int64_t w = 0; w < b->n_chan * b->words; ++w) count += popcount32(planes[w]);
         }
         b->dropped[i] = count;
+        b->count[i] = count;
     }
 }
 
@@ -860,12 +1026,12 @@ static void build_release(BuildPlan *bp) {
 }
 
 /* Checks the build's arguments (every view, value and count; the callers check aliasing) and
-   allocates its buffers, scratch for ``team`` threads (0: the build's own choice, bp->T), keep
-   masks when ``want_keep``. -1 with an exception set. */
+   allocates its buffers: scratch for the bp->T threads its own rule picks, keep masks when
+   ``want_keep``. -1 with an exception set. */
 static int build_prepare(BuildPlan *bp, View *cam, View *alpha, View *seed, View *pv, View *slots, View *bits,
                          View *scale, View *dropped, View *rate, long long block_size, long long diamond,
                          long long n_pix, long long n_chan, long long eligible, double gamma_scale,
-                         long long normalize, long long threads, int team, int want_keep) {
+                         long long normalize, long long threads, int want_keep) {
     memset(bp, 0, sizeof(*bp));
     if (cam->ndim < 2 || cam->ndim > 4) {
         PyErr_Format(PyExc_ValueError, "cam must be (N, *S) with 1 to 3 spatial dims");
@@ -919,21 +1085,20 @@ static int build_prepare(BuildPlan *bp, View *cam, View *alpha, View *seed, View
     const int64_t longest = P > C ? P : C;
     BuildCtx b = {&bp->g, cam->data, alpha->data, cam->type, alpha->type, N, C, n_pix, n_chan, words, (int)eligible,
                   p * gamma_scale, (uint64_t)seed_value, (int32_t *)slots->data, (int32_t *)bits->data,
-                  (int64_t *)dropped->data, (float *)rate->data, NULL, 0, NULL, NULL, NULL, NULL};
+                  (int64_t *)dropped->data, (float *)rate->data, NULL, 0, NULL, NULL, NULL, NULL, NULL};
     /* key + candidate index + mark per entry of the longest row; the eligible list; a batch of
        offsets and U; a row of slot channels. */
-    b.scratch_bytes = (size_t)longest * 17 + (size_t)P * 8 + (size_t)BATCH * 12 + (size_t)(C + 1) * 4 + 64;
+    b.scratch_bytes = (size_t)longest * 17 + (size_t)P * 8 + (size_t)BATCH * 12 + (size_t)(C + 8) * 4 + 64;
     b.scratch_bytes = (b.scratch_bytes + 63) & ~(size_t)63;
     int T = (int)threads;
     if (T > N) T = N > 0 ? (int)N : 1;
     if ((double)N * (double)(P + C) < 8192.0) T = 1; /* not worth waking the pool */
     bp->T = T;
-    if (team < T) team = T;
     /* The kernels' own slots, slot channels, top counts and keep masks (never the caller's memory). */
-    size_t own = sizeof(int32_t) * (size_t)(N * C + N * n_chan) + sizeof(int64_t) * (size_t)N + 8 +
+    size_t own = sizeof(int32_t) * (size_t)(N * C + N * n_chan) + sizeof(int64_t) * (size_t)(2 * N) + 8 +
                  (want_keep ? sizeof(uint32_t) * (size_t)(N * C) : 0);
     bp->own = malloc(own);
-    b.scratch = malloc(b.scratch_bytes * (size_t)team);
+    b.scratch = malloc(b.scratch_bytes * (size_t)T);
     if (!bp->own || !b.scratch) {
         free(b.scratch);
         free(bp->own);
@@ -944,7 +1109,8 @@ static int build_prepare(BuildPlan *bp, View *cam, View *alpha, View *seed, View
     b.slot_own = (int32_t *)bp->own;
     b.chan = b.slot_own + N * C;
     b.ntop = (int64_t *)(((uintptr_t)(b.chan + N * n_chan) + 7) & ~(uintptr_t)7);
-    b.keep = want_keep ? (uint32_t *)(b.ntop + N) : NULL;
+    b.count = b.ntop + N;
+    b.keep = want_keep ? (uint32_t *)(b.count + N) : NULL;
     bp->b = b;
     bp->normalize = normalize;
     bp->scale = *scale;
@@ -981,7 +1147,7 @@ static PyObject *run_build(PyObject *o_cam, PyObject *o_alpha, PyObject *o_seed,
         return NULL;
     BuildPlan bp;
     if (build_prepare(&bp, &cam, &alpha, &seed, &pv, &slots, &bits, &scale, &dropped, &rate, block_size, diamond,
-                      n_pix, n_chan, eligible, gamma_scale, normalize, threads, 0, 0))
+                      n_pix, n_chan, eligible, gamma_scale, normalize, threads, 0))
         return NULL;
     {
         View *views[] = {&cam, &alpha, &seed, &pv, &slots, &bits, &scale, &dropped, &rate};
@@ -1047,10 +1213,7 @@ static inline float bf16_to_f32(uint16_t h) {
 /* y[k*sy] = x[k*sx] * s for k < n, one rounding to the dtype (float32 math below float64).
    Built for AVX2 and for the baseline, picked at load time where the toolchain supports it: the
    multiply is the bulk of the work and torch's own multiply uses the wider vectors too. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static void scale_run(int type, const char *x, int64_t sx, char *y, int64_t sy, int64_t n, double s64, float s32) {
+CLONES static void scale_run(int type, const char *x, int64_t sx, char *y, int64_t sy, int64_t n, double s64, float s32) {
     switch (type) {
     case T_F32: {
         const float *restrict xs = (const float *)x;
@@ -1099,6 +1262,7 @@ typedef struct {
     const uint32_t *keep;   /* (N, C): all ones outside the top channels, 0 at them */
     int dense_pixels;       /* channels_last without gaps: pixel q of sample i at i*sn + q*C */
     const int64_t *ntop;    /* (N,): top channels per sample */
+    const int64_t *count;   /* (N,) or NULL: dropped elements per sample, where the build just counted them */
     int channel_inner;      /* channels innermost in memory (channels_last): the pixel walk */
 } ApplyCtx;
 
@@ -1225,6 +1389,34 @@ __attribute__((target("avx2"))) static void scale_keep_f32(const float *x, float
 }
 #endif
 
+#if defined(HAVE_X86)
+/* y[k] = +0.0 where bit k of ``bits`` is set (float32, contiguous, in place): a mask word's bytes
+   turned into 8-lane keep masks (byte AND lane bit == 0), ANDed into y; clear bytes are skipped. */
+__attribute__((target("avx2"))) static void mask_plane_f32(float *y, int64_t n, const uint32_t *bits) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128), zero = _mm256_setzero_si256();
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        uint32_t w = bits[k >> 5];
+        for (int q = 0; w; ++q, w >>= 8) {
+            if (!(w & 0xFFu)) continue;
+            __m256i keep = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)(w & 0xFFu)), lane_bit), zero);
+            float *p = y + k + 8 * q;
+            _mm256_storeu_ps(p, _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(keep)));
+        }
+    }
+    for (; k < n; ++k)
+        if ((bits[k >> 5] >> (k & 31)) & 1) y[k] = 0.0f;
+}
+#endif
+
+/* Any bit set among a plane's first n bits. */
+static inline int plane_any(const uint32_t *plane, int64_t n) {
+    uint32_t any = 0;
+    for (int64_t w = 0; w < (n >> 5); ++w) any |= plane[w];
+    if (n & 31) any |= plane[n >> 5] & ((1u << (n & 31)) - 1);
+    return any != 0;
+}
+
 /* Dense NCHW (x and y contiguous per sample: plane c at c * P): a work item is a block of
    consecutive channels of one sample. Runs of channels outside the top ones are one plain
    multiply (small maps do not pay a call per plane); a top channel's plane is multiplied and
@@ -1253,8 +1445,21 @@ static void apply_blocks(void *p, int64_t begin, int64_t end, int tid) {
             /* Small maps: one multiply for the whole block (a call per plane would cost more than
                the plane), then the top planes' dropped runs zeroed while they are in cache. */
             scale_run(a->x.type, x + c0 * P * es, 1, y + c0 * P * es, 1, (c1 - c0) * P, s64, s32);
-            for (int64_t c = c0; c < c1; ++c)
-                if (slot[c] >= 0) zero_row(a->bits + (i * a->n_chan + slot[c]) * a->words, 0, P, y + c * P * es, 1, es);
+            if (a->count && a->count[i] == 0) continue; /* nothing dropped in this sample */
+            const int32_t *chan = a->chan + i * a->n_chan;
+            for (int64_t j = 0; j < a->n_chan; ++j) { /* the top channels in this block (chan: -1 or < C) */
+                const int64_t c = chan[j];
+                if (c < c0 || c >= c1) continue;
+                const uint32_t *plane = a->bits + (i * a->n_chan + j) * a->words;
+                if (!plane_any(plane, P)) continue;
+#if defined(HAVE_X86)
+                if (fused) {
+                    mask_plane_f32((float *)(y + c * P * es), P, plane);
+                    continue;
+                }
+#endif
+                zero_row(plane, 0, P, y + c * P * es, 1, es);
+            }
             continue;
         }
         int64_t c = c0;
@@ -1313,18 +1518,46 @@ static void apply_pixels(void *p, int64_t begin, int64_t end, int tid) {
             /* channels_last with no gaps: the 32 pixels are 32 * C consecutive elements. One multiply
                for all of them, then the dropped ones fixed in place (y's row just written). */
             const int64_t base = i * a->sx[0] + f0 * C, ybase = i * a->sy[0] + f0 * C;
-            scale_run(a->x.type, a->x.data + base * es, 1, a->y.data + ybase * es, 1, (f1 - f0) * C, s64, s32);
-            for (int b = 0; some && b < (int)(f1 - f0); ++b) {
-                if (!((some >> b) & 1)) continue;
-                char *y = a->y.data + (ybase + b * C) * es;
-                if (((all >> b) & 1) && es == 4) { /* every top channel: AND with the keep mask */
-                    uint32_t *yw = (uint32_t *)y;
-                    const uint32_t *keep = a->keep + i * C;
-                    for (int64_t c = 0; c < C; ++c) yw[c] &= keep[c];
-                    continue;
+            const int n = (int)(f1 - f0);
+            const uint32_t valid = n == 32 ? 0xFFFFFFFFu : (1u << n) - 1;
+            uint32_t full = fused ? all & valid : 0; /* pixels where every top channel is dropped */
+            if (!full) {
+                scale_run(a->x.type, a->x.data + base * es, 1, a->y.data + ybase * es, 1, n * C, s64, s32);
+            } else {
+#if defined(HAVE_X86)
+                /* Runs of the other pixels: one multiply each; those pixels: multiplied and ANDed with
+                   the keep mask in one pass. */
+                for (int b = 0; b < n;) {
+                    if ((full >> b) & 1) {
+                        scale_keep_f32((const float *)a->x.data + base + b * C, (float *)a->y.data + ybase + b * C,
+                                       C, s32, a->keep + i * C);
+                        ++b;
+                        continue;
+                    }
+                    int e = (full >> b) ? b + __builtin_ctz(full >> b) : n;
+                    scale_run(a->x.type, a->x.data + (base + b * C) * es, 1, a->y.data + (ybase + b * C) * es, 1,
+                              (e - b) * C, s64, s32);
+                    b = e;
                 }
-                for (int64_t j = 0; j < nc; ++j)
-                    if (chan[j] >= 0 && ((planes[j * a->words + k] >> b) & 1)) zero_run(y + chan[j] * es, 1, 1, es);
+#endif
+            }
+            if (!(some & valid & ~full)) continue;
+            /* Then each top channel's dropped pixels among the rest: one store each, found by their bits. */
+            for (int64_t j = 0; j < nc; ++j) {
+                uint32_t w = planes[j * a->words + k] & valid & ~full;
+                if (!w || chan[j] < 0) continue;
+                char *y = a->y.data + (ybase + chan[j]) * es;
+                switch (es) {
+                case 2:
+                    for (; w; w &= w - 1) ((uint16_t *)y)[__builtin_ctz(w) * C] = 0;
+                    break;
+                case 4:
+                    for (; w; w &= w - 1) ((uint32_t *)y)[__builtin_ctz(w) * C] = 0;
+                    break;
+                default:
+                    for (; w; w &= w - 1) ((uint64_t *)y)[__builtin_ctz(w) * C] = 0;
+                    break;
+                }
             }
             continue;
         }
@@ -1490,19 +1723,25 @@ static PyObject *run_apply(PyObject *o_x, PyObject *o_y, PyObject *o_slots, PyOb
 typedef struct {
     BuildPlan *bp;
     Job apply;
+    int apply_threads;
 } ForwardCtx;
 
 static void forward_entry(void *p) {
     ForwardCtx *f = p;
-    int64_t t = omp_thread_num(), T = omp_num_threads();
-    int64_t N = f->bp->b.N, begin = N * t / T, end = N * (t + 1) / T;
-    if (begin < end) build_body(&f->bp->b, begin, end, (int)t);
+    const int64_t t = omp_thread_num(), T = omp_num_threads();
+    /* Each phase on the threads its own rule picked (the build's scratch is for bp->T of them). */
+    const int64_t Tb = f->bp->T < T ? f->bp->T : T, Ta = f->apply_threads < T ? f->apply_threads : T;
+    if (t < Tb) {
+        int64_t N = f->bp->b.N, begin = N * t / Tb, end = N * (t + 1) / Tb;
+        if (begin < end) build_body(&f->bp->b, begin, end, (int)t);
+    }
     gomp_barrier();
     if (t == 0) build_finish(f->bp);
     gomp_barrier();
-    begin = f->apply.total * t / T;
-    end = f->apply.total * (t + 1) / T;
-    if (begin < end) f->apply.body(f->apply.ctx, begin, end, (int)t);
+    if (t < Ta) {
+        int64_t begin = f->apply.total * t / Ta, end = f->apply.total * (t + 1) / Ta;
+        if (begin < end) f->apply.body(f->apply.ctx, begin, end, (int)t);
+    }
 }
 
 static PyObject *run_forward(PyObject **o, long long block_size, long long diamond, long long n_pix,
@@ -1530,24 +1769,23 @@ static PyObject *run_forward(PyObject **o, long long block_size, long long diamo
         const char *names[] = {"x", "cam", "alpha", "seed", "drop_prob", "y", "slots", "bits", "scale", "dropped", "rate"};
         if (check_outputs(views, names, 11, 5, 0)) return NULL;
     }
-    int Ta;
-    Job apply;
-    apply_job(&a, &apply, threads, &Ta);
-    if (a.N * a.C * a.P == 0) { apply.total = 0; Ta = 1; } /* nothing to apply */
+    int Ta = 1;
+    Job apply = {apply_blocks, &a, 0}; /* (no items when x is empty) */
+    if (a.N * a.C * a.P > 0) apply_job(&a, &apply, threads, &Ta);
     BuildPlan bp;
-    int team = (int)threads; /* at most this many threads ever run the build */
     if (build_prepare(&bp, &cam, &alpha, &seed, &pv, &slots, &bits, &scale, &dropped, &rate, block_size, diamond,
-                      n_pix, n_chan, eligible, gamma_scale, normalize, threads, team, a.channel_inner))
+                      n_pix, n_chan, eligible, gamma_scale, normalize, threads, a.channel_inner))
         return NULL;
     /* The apply reads the build's own slots, never the caller's memory again. */
     a.slots = bp.b.slot_own;
     a.chan = bp.b.chan;
     a.ntop = bp.b.ntop;
+    a.count = bp.b.count;
     a.keep = bp.b.keep;
     int T = bp.T > Ta ? bp.T : Ta;
     Py_BEGIN_ALLOW_THREADS
     if (T > 1 && gomp_parallel && gomp_barrier) {
-        ForwardCtx f = {&bp, apply};
+        ForwardCtx f = {&bp, apply, Ta};
         gomp_parallel(forward_entry, &f, (unsigned)T, 0);
     } else {
         Job job = {build_body, &bp.b, bp.b.N};
@@ -1625,6 +1863,33 @@ static PyObject *py_top_n(PyObject *self, PyObject *args) {
     uint64_t cmp = 0;
     int bits = row_keys(v.data, v.type, 0, L, key);
     top_n(key, bits, L, n, heap, mark, &cmp);
+    if (n < L && 32 * n > L) { /* the build's channel path must agree: nth_key, then take_top's ranks */
+        int32_t *slot = malloc(sizeof(int32_t) * (size_t)(2 * L + 8));
+        uint64_t visits = 0;
+        int64_t need_eq, j, bad = 0;
+        if (!slot) {
+            free(key); free(heap); free(mark);
+            return PyErr_NoMemory();
+        }
+        if (bits == 32) {
+            uint32_t t = nth_key32((const uint32_t *)key, L, n, (uint32_t *)heap, &need_eq, &visits);
+            j = take_top32((const uint32_t *)key, L, t, need_eq, slot, slot + L);
+        } else {
+            uint64_t t = nth_key64(key, L, n, (uint64_t *)heap, &need_eq, &visits);
+            j = take_top64(key, L, t, need_eq, slot, slot + L);
+        }
+        for (int64_t k = 0, r = 0; k < L; ++k) {
+            bad |= (slot[k] >= 0) != (mark[k] != 0);
+            if (slot[k] < 0) continue;
+            bad |= slot[k] != r || slot[L + r] != k;
+            ++r;
+        }
+        free(slot);
+        if (bad || j != n) {
+            free(key); free(heap); free(mark);
+            return PyErr_Format(PyExc_RuntimeError, "take_top disagrees with top_n (n = %lld, taken %lld)", n, (long long)j);
+        }
+    }
     PyObject *list = PyList_New(0);
     for (int64_t k = 0; list && k < L; ++k) {
         if (!mark[k]) continue;
@@ -1644,8 +1909,8 @@ static PyObject *py_top_n(PyObject *self, PyObject *args) {
 static PyObject *py_info(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:O,s:O}", "openmp", gomp_parallel ? Py_True : Py_False, "avx2",
-                         have_avx2 ? Py_True : Py_False);
+    return Py_BuildValue("{s:O,s:O,s:O}", "openmp", gomp_parallel ? Py_True : Py_False, "avx2",
+                         have_avx2 ? Py_True : Py_False, "barrier", gomp_parallel && gomp_barrier ? Py_True : Py_False);
 }
 
 static PyMethodDef methods[] = {
@@ -1654,7 +1919,7 @@ static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS, "forward(x, y, cam, alpha, seed, p, slots, bits, scale, dropped, rate, ...): build, then apply."},
     {"uniform", py_uniform, METH_VARARGS, "U(seed, offset) of SPEC.md, for tests."},
     {"top_n", py_top_n, METH_VARARGS, "The ranking of steps 1-2 on one row, with its element-visit count (tests)."},
-    {"info", py_info, METH_NOARGS, "What this build found: torch's OpenMP pool, AVX2."},
+    {"info", py_info, METH_NOARGS, "What this build found: torch's OpenMP pool (and its barrier), AVX2."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1666,6 +1931,7 @@ PyMODINIT_FUNC PyInit__native(void) {
 #if defined(HAVE_X86)
     __builtin_cpu_init();
     have_avx2 = __builtin_cpu_supports("avx2");
+    init_pack_lanes();
 #endif
     return PyModule_Create(&module);
 }

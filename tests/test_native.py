@@ -126,3 +126,88 @@ def test_threads_come_from_torchs_pool_when_it_is_openmp():
     info = _native.info()
     if "OpenMP" in torch.__config__.parallel_info():
         assert info["openmp"], "torch runs OpenMP: the kernels must find its GOMP entry points"
+
+
+def test_ranking_of_32_bit_rows_on_hostile_and_tied_inputs():
+    """The 32-bit keys (float32, bfloat16, float16 rows) take their own radix path (vectorised
+    compaction and ranks where the CPU has AVX2); the hook also checks that the build's slot
+    numbering (nth_key, then take_top) agrees with the marks. Ties split at the threshold included."""
+    from camdrop_kernels import _native
+
+    rng = random.Random(7)
+    for L in (40, 64, 200, 1024, 2051):
+        rows = {
+            "ascending": list(range(L)),
+            "descending": list(range(L, 0, -1)),
+            "equal": [1.0] * L,
+            "two values": [float(rng.random() < 0.5) for _ in range(L)],
+            "few values": [float(rng.randrange(5)) for _ in range(L)],
+            "organ pipe": [min(i, L - i) for i in range(L)],
+            "random": [rng.gauss(0, 1) for _ in range(L)],
+            "specials": [rng.choice([float("nan"), -0.0, 0.0, float("inf"), float("-inf"), 1.0, -1.0])
+                         for _ in range(L)],
+        }
+        for name, row in rows.items():
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                values = torch.tensor(row, dtype=torch.float64).to(dtype)
+                key = torch.where(values.isnan(), float("-inf"), values.double()) + 0.0
+                order = torch.sort(key, descending=True, stable=True).indices
+                for n in sorted({1, L // 31 + 1, L // 8, L // 3, L // 2 + 1, L - 1}):
+                    if not 1 <= n <= L:
+                        continue
+                    picked, visits = _native.top_n(to_dlpack(values), n)
+                    assert picked == order[:n].sort().values.tolist(), (name, dtype, L, n)
+                    assert visits <= 16 * L + 4 * L * math.log2(n + 1), (name, n, visits)
+
+
+def _bits(t):
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forward_paths_match_the_reference_bit_for_bit(threads):
+    """The fused forward (one parallel region: build, barrier, scales, barrier, apply) on the shapes
+    that pick each apply path: small dense maps (one multiply, then the top planes masked), larger
+    dense maps, channels_last (pixels where every top channel is dropped multiplied and masked in
+    one pass, the others fixed by stores), a last mask word only partly used, 1-D and 3-D maps;
+    every dtype, both gamma modes, saturated and sparse rates, samples with nothing dropped."""
+    import camdrop_kernels as ck
+    from camdrop_kernels import reference
+
+    cases = [((4, 96, 7, 7), False), ((3, 64, 14, 14), False), ((2, 24, 23, 25), False),
+             ((2, 40, 12, 12), True), ((3, 48, 5, 13), True), ((2, 16, 33, 40), True),
+             ((3, 33, 70), False), ((2, 16, 4, 6, 7), False), ((2, 16, 4, 6, 7), True)]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k, (shape, cl) in enumerate(cases):
+            g = torch.Generator().manual_seed(k)
+            x = torch.randn(shape, generator=g)
+            cam = torch.randn((shape[0],) + shape[2:], generator=g)
+            alpha = torch.randn(shape[:2], generator=g)
+            alpha[0, ::3] = alpha[0, 0]  # ties in the channel ranking
+            rank = len(shape) - 2
+            fn = {1: ck.camdrop1d, 2: ck.camdrop, 3: ck.camdrop3d}[rank]
+            ref = {1: reference.camdrop1d, 2: reference.camdrop, 3: reference.camdrop3d}[rank]
+            for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+                xd = x.to(dtype)
+                if cl:
+                    xd = xd.contiguous(memory_format=torch.channels_last if rank == 2 else
+                                       torch.channels_last_3d) if rank >= 2 else xd.transpose(1, 2).contiguous().transpose(1, 2)
+                for p, mode, block in ((0.1, "eligible", 7), (0.9, "eligible", 3), (0.3, "dropblock", 3),
+                                       (0.05, "dropblock", 7)):
+                    kw = dict(block_size=block, gamma_mode=mode, seed=1000 * k + int(p * 100))
+                    got = fn(xd, cam, alpha, p, **kw)
+                    want = ref(xd, cam, alpha, p, **kw)
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    assert torch.equal(_bits(got), _bits(want)), (shape, cl, dtype, p, mode, block)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_the_fused_forward_finds_the_pools_barrier():
+    from camdrop_kernels import _native
+
+    info = _native.info()
+    if info["openmp"]:
+        assert info["barrier"], "with torch's OpenMP pool the forward runs in one parallel region"
