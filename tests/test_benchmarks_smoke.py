@@ -49,3 +49,16 @@ def test_gpu_check_dry_run(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert "targets (issue 14" in summary and "resnet50" in summary
     assert "tests: " in summary and "no summary line" not in summary
+
+
+def test_paired_ratios_script_runs():
+    """benchmarks/paired.py, the source of RESULTS.md's paired ratios, still runs (two rounds)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import paired
+    finally:
+        sys.path.pop(0)
+    out = paired.main(reps=2, threads=1)
+    assert {"forward 8x1024x7x7", "forward+backward 16x256x28x28 CL", "tiny"} <= set(out)
+    assert all(r["ratios"]["multiply"] == 1.0 for k, r in out.items() if k != "tiny")
+    assert out["tiny"]["ratios"]["camdrop"] > 0
