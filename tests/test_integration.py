@@ -220,7 +220,10 @@ def _ddp_worker(rank, world, port, result_path):
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
     if rank == 0:
-        torch.save(dict(same=torch.equal(gathered[0], gathered[1]), loss=float(loss)), result_path)
+        torch.save(dict(same=torch.equal(gathered[0], gathered[1]), loss=float(loss.detach())), result_path)
+    # DDP's reducer goes before its process group (torch 2.11 could hang in teardown otherwise).
+    del ddp, opt, loss
+    dist.barrier()
     dist.destroy_process_group()
 
 
