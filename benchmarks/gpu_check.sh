@@ -48,7 +48,7 @@ echo "=== ncu (box $(box 70)s)"
 if [ "$DRY" = 1 ]; then
   echo "dry run: no ncu" | tee "$OUT/ncu.log"
 elif command -v ncu >/dev/null; then
-  timeout "$(box 70)" ncu --profile-from-start off --target-processes all \
+  timeout "$(box 70)" ncu --clock-control none --profile-from-start off --target-processes all \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
     --section WarpStateStats --section SchedulerStats -f -o "$OUT/ncu_forward" \
     "$PY" benchmarks/gpu_bench.py --one-forward > "$OUT/ncu.log" 2>&1 \
