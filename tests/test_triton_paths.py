@@ -201,3 +201,25 @@ def test_plans_are_cached_and_state_words_are_padded_with_zeros():
     assert int(padding.abs().sum()) == 0
     assert torch.equal(out[3].cpu(), state.dense_mask(out[0], out[1], (7, 7)).reshape(2, -1).sum(1).cpu())
     assert math.isclose(float(out[2][0]), float(out[2][1]))  # one batch scale
+
+
+def test_an_empty_hook_chain_is_no_hook():
+    """Triton 3.6+ keeps a HookChain in knobs.runtime.launch_enter_hook, never None: only a chain
+    with hooks in it may send launches through kernel[grid] (the slow way, which runs them)."""
+    from camdrop_kernels.triton_backend import launch
+
+    knobs = pytest.importorskip("triton.knobs")
+    chain = knobs.runtime.launch_enter_hook
+    if not hasattr(chain, "calls"):
+        pytest.skip("this Triton keeps a plain hook")
+    assert not launch._launch_hooked()
+
+    def hook(*args):
+        pass
+
+    chain.add(hook)
+    try:
+        assert launch._launch_hooked()
+    finally:
+        chain.remove(hook)
+    assert not launch._launch_hooked()
