@@ -110,6 +110,7 @@ class CamDropNd(nn.Module):
         self.register_buffer("_numel", torch.ones((), dtype=torch.int64), persistent=False)
         self._numel_value = 1
         self._targets: Optional[torch.Tensor] = None
+        self._memo: Optional[dict] = None
         # seed of a forward -> weakref to its targets (None: it was skipped), for recomputations
         self._history: "collections.OrderedDict[int, Optional[weakref.ref]]" = collections.OrderedDict()
         self._recent: "collections.deque[torch.Tensor]" = collections.deque(maxlen=_RECENT)
@@ -165,14 +166,18 @@ class CamDropNd(nn.Module):
     def classifier(self) -> Optional[nn.Module]:
         return self.__dict__.get("_classifier")
 
-    def set_targets(self, targets: Optional[torch.Tensor]) -> None:
-        """Hand this layer the batch's targets, (N,) class indices or (N, K) soft targets; None clears."""
-        self._targets = targets
+    def set_targets(self, targets: Optional[torch.Tensor], _memo: Optional[dict] = None) -> None:
+        """Hand this layer the batch's targets, (N,) class indices or (N, K) soft targets; None clears.
+        (``_memo``: the ``targets`` block's shared dict, where layers with the same classifier and
+        channel count find the channel importance already computed for these targets.)"""
+        self.__dict__["_targets"] = targets
+        self.__dict__["_memo"] = _memo
 
     def __getstate__(self):
         # Copies and pickles never carry a batch's labels.
         state = self.__dict__.copy()
         state["_targets"] = None
+        state["_memo"] = None
         state["_history"] = collections.OrderedDict()
         state["_recent"] = collections.deque(maxlen=_RECENT)
         return state
@@ -237,8 +242,8 @@ class CamDropNd(nn.Module):
                 and last_rate.dtype == rate.dtype and last_rate.device == rate.device):
             last_dropped.copy_(dropped)
             last_rate.copy_(rate)
-        else:
-            self.last_dropped, self.last_rate = dropped, rate
+        else:  # (plain attributes: nn.Module.__setattr__'s checks cost microseconds a forward)
+            self.__dict__["last_dropped"], self.__dict__["last_rate"] = dropped, rate
         numel = max(1, x.numel())
         if compiling or not x.is_cuda:
             self._numel.fill_(numel)
@@ -286,9 +291,27 @@ class CamDropNd(nn.Module):
             raise ValueError(f"the bound classifier's weight is on {classifier.weight.device} but x is on {x.device}: "
                              "move the whole model to one device")
         with torch.no_grad():
-            alpha = importance(classifier.weight.detach(), targets, x.shape[1])
+            alpha = self._importance(classifier.weight, targets, x.shape[1], compiling)
             cam = cam_unchecked(x.detach(), alpha)
         return cam, alpha
+
+    def _importance(self, weight: torch.Tensor, targets: torch.Tensor, channels: int, compiling: bool):
+        """alpha for this batch; in eager mode shared through the ``targets`` block's memo by the
+        layers with the same classifier weight (same version) and channel count (a ResNet stage's
+        blocks), so it is computed once a stage, not once a layer. Not while compiling (the graph
+        is traced once) nor while a CUDA graph is captured (a replay must recompute it)."""
+        if compiling:  # (first: dynamo must not read, and guard on, the per-block dict)
+            return importance(weight.detach(), targets, channels)
+        memo = self._memo
+        if memo is None or targets is not self._targets or (weight.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return importance(weight.detach(), targets, channels)
+        key = (id(weight), weight._version, targets._version, channels)
+        hit = memo.get(key)
+        if hit is not None and hit[0] is weight:  # (the entry holds the weight: its id cannot be reused)
+            return hit[1]
+        alpha = importance(weight.detach(), targets, channels)
+        memo[key] = (weight, alpha)
+        return alpha
 
     def _eager_targets(self, seed: torch.Tensor) -> Optional[torch.Tensor]:
         """This forward's targets, in eager mode.

@@ -251,6 +251,16 @@ camdrop_apply_ = torch.ops.camdrop_kernels.camdrop_apply_.default
 # ---------------------------------------------------------------------------------------------
 # Autograd: the one definition
 # ---------------------------------------------------------------------------------------------
+def _apply_grad(dy: Tensor, slots: Tensor, bits: Tensor, scale: Tensor) -> Tensor:
+    """dx = apply(dy, state), the one backward formula. With grad mode on (create_graph: double
+    backward) through CamDropApply, so that dx has the apply's own backward; otherwise the apply
+    op itself (an autograd.Function's apply costs tens of microseconds of host time per step)."""
+    if torch.is_grad_enabled():
+        return CamDropApply.apply(dy, slots, bits, scale, False)
+    kernels = _eager_kernels(dy)
+    return (kernels[2] if kernels else camdrop_apply)(dy, slots, bits, scale)
+
+
 class CamDropApply(torch.autograd.Function):
     """y = apply(x, state) (in place when asked); dx = apply(dy, state). Linear in x, so the
     backward is the same Function on dy and double backward comes for free."""
@@ -268,7 +278,7 @@ class CamDropApply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor):
         slots, bits, scale = ctx.saved_tensors
-        return CamDropApply.apply(dy, slots, bits, scale, False), None, None, None, None
+        return _apply_grad(dy, slots, bits, scale), None, None, None, None
 
 
 class CamDrop(torch.autograd.Function):
@@ -287,7 +297,7 @@ class CamDrop(torch.autograd.Function):
         if dy is None:
             return None, None, None, None, None, None
         slots, bits, scale = ctx.saved_tensors
-        return CamDropApply.apply(dy, slots, bits, scale, False), None, None, None, None, None
+        return _apply_grad(dy, slots, bits, scale), None, None, None, None, None
 
 
 def _setup_forward(ctx, inputs, output):
@@ -297,7 +307,7 @@ def _setup_forward(ctx, inputs, output):
 
 def _backward_forward(ctx, dy, *_):
     slots, bits, scale = ctx.saved_tensors
-    return (None if dy is None else CamDropApply.apply(dy, slots, bits, scale, False),) + (None,) * 5
+    return (None if dy is None else _apply_grad(dy, slots, bits, scale),) + (None,) * 5
 
 
 def _setup_apply(ctx, inputs, output):
@@ -306,7 +316,7 @@ def _setup_apply(ctx, inputs, output):
 
 def _backward_apply(ctx, dy):
     slots, bits, scale = ctx.saved_tensors
-    return CamDropApply.apply(dy, slots, bits, scale, False), None, None, None
+    return _apply_grad(dy, slots, bits, scale), None, None, None
 
 
 # The ops called directly (torch.ops.camdrop_kernels.camdrop / camdrop_apply) are differentiable

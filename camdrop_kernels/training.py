@@ -57,15 +57,16 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     # A compiled model whose batch is marked dynamic sees the labels' batch as dynamic too (a hint:
     # dynamo may still specialise it), instead of failing on "specialised to a constant".
     torch._dynamo.maybe_mark_dynamic(targets, 0)
-    saved = [layer._targets for layer in layers]
+    saved = [(layer._targets, layer._memo) for layer in layers]
+    memo: dict = {}  # this block's channel importances, shared by the layers (see CamDropNd._importance)
     for layer in layers:
-        layer.set_targets(targets)
+        layer.set_targets(targets, memo)
         layer._size_statistics(targets.shape[0])  # so that a compiled forward writes them in place
     try:
         yield model
     finally:
-        for layer, previous in zip(layers, saved):
-            layer.set_targets(previous)
+        for layer, (previous, previous_memo) in zip(layers, saved):
+            layer.set_targets(previous, previous_memo)
 
 
 def set_drop_prob(model: nn.Module, drop_prob: float) -> None:

@@ -140,9 +140,18 @@ def test_channel_importance_soft_targets_mix_rows():
     assert torch.allclose(got[1], w[9])
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "one channel"])
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_class_activation_map_any_rank(rank):
-    x, _, alpha = inputs(rank, dtype=torch.float64)
+def test_class_activation_map_any_rank(rank, layout):
+    """One bmm over x as laid out: channels innermost (channels_last), outermost, or neither (a
+    sliced view, which the reshape copies); the same map whichever."""
+    x, _, alpha = inputs(rank, dtype=torch.float64, C=1 if layout == "one channel" else 16)
     alpha = alpha.double()
+    if layout == "channels_last":
+        x = x.movedim(1, -1).contiguous().movedim(-1, 1)  # (channels innermost, for every rank)
+        assert x.stride(1) == 1
+    elif layout == "strided":
+        x = torch.cat([x, x], dim=-1)[..., ::2]
     want = (alpha.reshape(alpha.shape + (1,) * rank) * x).sum(1)
-    assert torch.allclose(ck.class_activation_map(x, alpha), want)
+    got = ck.class_activation_map(x, alpha)
+    assert got.shape == want.shape and torch.allclose(got, want)

@@ -51,6 +51,25 @@ def test_gpu_check_dry_run(tmp_path):
     assert "tests: " in summary and "no summary line" not in summary
 
 
+def test_gpu_probe_dry_run(tmp_path):
+    """benchmarks/gpu_probe.py, the second look a card gets (host time per call, the state kernel's
+    variants, the resnet step's syncs and profile), runs every section on the CPU (dry run)."""
+    import json
+
+    env = dict(os.environ, CAMDROP_GPU_DRY_RUN="1", TRITON_INTERPRET="1", OUT=str(tmp_path))
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_probe.py"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert not [key for key in probe if key.endswith("error")], probe
+    assert all(isinstance(v, float) and v > 0 for v in probe["host_us"].values()), probe["host_us"]
+    assert probe["state"] and all("us" in v and v["repeatable"] for v in probe["state"].values()), probe["state"]
+    resnet = probe["resnet"]
+    assert resnet["layers"] and resnet["plain step ms (synced)"] > 0 and resnet["camdrop step ms (synced)"] > 0
+    assert (tmp_path / "probe_cprofile.txt").stat().st_size > 0
+
+
 def test_paired_ratios_script_runs():
     """benchmarks/paired.py, the source of RESULTS.md's paired ratios, still runs (two rounds)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))

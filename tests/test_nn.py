@@ -163,3 +163,65 @@ def test_layers_are_found_and_rank_checked():
     assert ck.camdrop_layers(net) == [net.drop] and isinstance(net.drop, CamDropNd)
     with pytest.raises(ValueError, match="5-D"):
         net.drop.train()(torch.randn(2, 16, 4, 4), torch.randn(2, 4, 4), torch.randn(2, 16))
+
+
+class TwoStage(torch.nn.Module):
+    """Two bound CamDrop layers on 16 channels and one on 8, all guided by one classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+        self.a = ck.CamDrop2d(0.3, 3, classifier=self.fc)
+        self.b = ck.CamDrop2d(0.3, 3, classifier=self.fc)
+        self.c = ck.CamDrop2d(0.3, 3, classifier=self.fc)
+
+    def forward(self, x):
+        h = self.b(self.a(self.conv(x)))
+        h = h + torch.cat([self.c(h[:, :8]), h[:, 8:]], 1)
+        return self.fc(h.flatten(2).mean(2))
+
+
+def test_a_targets_block_computes_each_channel_importance_once(monkeypatch):
+    """Layers of one classifier and channel count share alpha within a targets block (one gather
+    a stage, not a layer); a changed weight or targets, a new block, or set_targets without a
+    block compute it again, and the outputs equal those of layers computing their own."""
+    import camdrop_kernels.nn as nn_module
+
+    calls = []
+    real = nn_module.importance
+    monkeypatch.setattr(nn_module, "importance", lambda w, t, c: calls.append(c) or real(w, t, c))
+    torch.manual_seed(0)
+    net = TwoStage().train()
+    weight = net.fc.weight.detach().clone()
+    x, y = batch()
+    torch.manual_seed(5)
+    with ck.targets(net, y):
+        out = net(x)
+        assert calls == [16, 8]
+        net(x)
+        assert calls == [16, 8]
+        with torch.no_grad():
+            net.fc.weight.add_(0.01)  # (an optimizer step between two forwards of one block)
+        net(x)
+        assert calls == [16, 8, 16, 8]
+        y.add_(0)  # targets written in place
+        net(x)
+        assert calls == [16, 8] * 3
+    with ck.targets(net, y):
+        net(x)
+    assert calls == [16, 8] * 4
+    for layer in (net.a, net.b, net.c):
+        layer.set_targets(y)
+    net(x)
+    assert calls == [16, 8] * 4 + [16, 16, 8]
+    for layer in (net.a, net.b, net.c):
+        layer.set_targets(None)
+    # Same outputs as without sharing (each layer computing its own alpha):
+    with torch.no_grad():
+        net.fc.weight.copy_(weight)
+    monkeypatch.setattr(nn_module.CamDropNd, "_importance",
+                        lambda self, w, t, c, compiling: real(w.detach(), t, c))
+    torch.manual_seed(5)
+    with ck.targets(net, y):
+        assert torch.equal(net(x), out)
