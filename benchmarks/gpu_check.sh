@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 14), for the first card, in under 8 minutes:
+# The prepared GPU check (issue 14), for a lent card, in about 9 minutes (run it with timeout_s 580):
 #
 #   OUT=/some/dir benchmarks/gpu_check.sh        (default OUT: ./gpu-results)
 #
@@ -8,8 +8,10 @@
 # the copy and multiply measured in the same run, and the peers (gpu_bench.py); 3. timm resnet50
 # training step, bf16 channels_last batch 128: plain, camdrop (convert_resnet), timm DropBlock
 # (gpu_resnet.py); 4. an Nsight Compute profile of one forward per gamma mode, where ncu works;
-# 5. the CUDA tests and the Triton path tests with what time is left. Each stage has its own time
-# box and writes its log and JSON to $OUT; a short table comes last (gpu_summary.py).
+# 5. the host time per call and the state kernel's variants (gpu_probe.py host state); 6. the CUDA
+# tests and the Triton path tests; 7. the resnet50 step under torch.compile, with what time is left.
+# Each stage has its own time box and writes its log and JSON to $OUT; a short table comes last
+# (gpu_summary.py). $OUT holds more than 8 files: the device tool brings back 8, so tar it.
 # The project runs from the source tree (PYTHONPATH); nothing is fetched. Exit status: non-zero
 # if a test failed.
 #
@@ -21,7 +23,7 @@ OUT="${OUT:-./gpu-results}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 PY="${PYTHON:-python3}"
-BUDGET="${GPU_CHECK_BUDGET:-450}"  # seconds for the whole script (the card is lent for 15 minutes)
+BUDGET="${GPU_CHECK_BUDGET:-530}"  # seconds for the whole script (the card is lent for 15 minutes)
 start=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - start) )); }
 box() { local want=$1 l; l=$(left); [ "$l" -lt "$want" ] && want=$l; [ "$want" -lt 10 ] && want=10; echo "$want"; }
@@ -42,6 +44,10 @@ timeout "$(box 110)" "$PY" benchmarks/gpu_bench.py --out "$OUT/bench.json" 2>&1 
 
 echo "=== resnet50 (box $(box 110)s)"
 timeout "$(box 110)" "$PY" benchmarks/gpu_resnet.py --out "$OUT/resnet.json" 2>&1 | tee "$OUT/resnet.log"
+
+echo "=== probe: host time per call, state-kernel variants (box $(box 60)s)"
+OUT="$OUT" timeout "$(box 60)" "$PY" benchmarks/gpu_probe.py host state > "$OUT/probe.log" 2>&1
+grep -E "^  (host|state) " "$OUT/probe.log" | head -40
 
 DRY="${CAMDROP_GPU_DRY_RUN:-0}"
 echo "=== ncu (box $(box 70)s)"
@@ -69,6 +75,17 @@ test_rc=$?
 echo "tests passed: $(grep -c ' PASSED' "$OUT/tests.log")"
 tail -40 "$OUT/tests.log"
 [ "$test_rc" -ne 0 ] && status=1
+
+# Last, with what time is left: the resnet50 step under torch.compile (inductor compiles each model
+# for a minute or so; the eager figures above do not wait for it).
+echo "=== resnet50 compiled (box $(box 200)s)"
+if [ "$(left)" -gt 120 ] || [ "$DRY" = 1 ]; then
+  timeout "$(box 200)" "$PY" benchmarks/gpu_resnet.py --compile --skip-timm --rounds 10 --out "$OUT/resnet_compiled.json" \
+    > "$OUT/resnet_compiled.log" 2>&1
+  tail -4 "$OUT/resnet_compiled.log"
+else
+  echo "skipped: $(left)s left" | tee "$OUT/resnet_compiled.log"
+fi
 
 echo
 echo "=== gpu_check: tests exit $test_rc, $(( $(date +%s) - start ))s ==="

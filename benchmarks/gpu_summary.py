@@ -38,17 +38,23 @@ def main(out: str) -> int:
         lines += [f"  {'met ' if met else 'MISS'} {text}: {value}" for text, value, met in bench["targets"]]
     else:
         lines.append("bench: no results (see bench.log)")
-    resnet = _load(os.path.join(out, "resnet.json"))
-    if resnet:
-        lines += ["", f"resnet50 bf16 channels_last batch {resnet['batch']} (ms/step, peak GiB):"]
-        for kind, r in resnet["results"].items():
-            lines.append(f"  {kind}: " + (f"{r['step_ms']:.2f} ms, {r['peak_gib']:.1f} GiB"
-                                          + (f", {r['vs_plain']:.3f} x plain" if r.get("vs_plain") else "")
-                                          if "step_ms" in r else r.get("error", "?")))
-        t = resnet["target"]
-        lines.append(f"  {'met ' if t['met'] else 'MISS'} {t['text']}: {t['value']}")
-    else:
-        lines.append("resnet: no results (see resnet.log)")
+    for name in ("resnet.json", "resnet_compiled.json"):
+        resnet = _load(os.path.join(out, name))
+        if resnet:
+            how = "torch.compile" if resnet.get("compiled") else "eager"
+            lines += ["", f"resnet50 bf16 channels_last batch {resnet['batch']}, {how}, variants interleaved "
+                          "(median ms/step, host ms to enqueue it, median per-round ratio):"]
+            for kind, r in resnet["results"].items():
+                if "step_ms" not in r:
+                    lines.append(f"  {kind}: {r.get('error', '?')}")
+                    continue
+                ratio = (f", {r['vs_plain']:.3f} x plain (rounds {r['vs_plain_range'][0]:.3f}-{r['vs_plain_range'][1]:.3f})"
+                         if r.get("vs_plain") else "")
+                lines.append(f"  {kind}: {r['step_ms']:.2f} ms, host {r.get('host_ms_median', 0):.2f} ms{ratio}")
+            t = resnet["target"]
+            lines.append(f"  {'met ' if t['met'] else 'MISS'} {t['text']}: {t['value']}")
+        elif name == "resnet.json":
+            lines.append("resnet: no results (see resnet.log)")
     tests = os.path.join(out, "tests.log")
     if os.path.exists(tests):
         with open(tests) as f:
@@ -62,6 +68,12 @@ def main(out: str) -> int:
         lines += [f"  {line}" for line in log if line.startswith("Triton compiles")]
         if not final:
             lines.append(f"  {sum(' PASSED' in line for line in log)} passed before the cut")
+    probe = _load(os.path.join(out, "probe.json"))
+    if probe:
+        lines += ["", "host us per call (gpu_probe.py host): " + ", ".join(
+            f"{k} {v}" for k, v in probe.get("host_us", {}).items() if isinstance(v, (int, float)))]
+        lines += ["state kernel us (gpu_probe.py state): " + ", ".join(
+            f"{k} {v.get('us')}" for k, v in probe.get("state", {}).items())]
     ncu = os.path.join(out, "ncu.txt")
     lines.append("ncu: " + (f"profile in {ncu}" if os.path.exists(ncu) and os.path.getsize(ncu) > 0
                             else "not available (see ncu.log)"))

@@ -46,8 +46,14 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(bench["targets"]) == 2 * 2 * 7  # (layouts) x (gamma modes) x (targets each)
     resnet = json.loads((tmp_path / "resnet.json").read_text())
     assert all("step_ms" in r for r in resnet["results"].values()), resnet["results"]
+    assert all(r["vs_plain"] > 0 for kind, r in resnet["results"].items() if kind != "plain")
+    compiled = json.loads((tmp_path / "resnet_compiled.json").read_text())
+    assert compiled["compiled"] and all("step_ms" in r for r in compiled["results"].values()), compiled["results"]
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert probe["host_us"] and probe["state"]
     summary = (tmp_path / "summary.txt").read_text()
-    assert "targets (issue 14" in summary and "resnet50" in summary
+    assert "targets (issue 14" in summary and "resnet50" in summary and "torch.compile" in summary
+    assert "host us per call" in summary
     assert "tests: " in summary and "no summary line" not in summary
 
 
