@@ -303,7 +303,9 @@ class CamDropNd(nn.Module):
         if compiling:  # (first: dynamo must not read, and guard on, the per-block dict)
             return importance(weight.detach(), targets, channels)
         memo = self._memo
-        if memo is None or targets is not self._targets or (weight.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if (memo is None or targets is not self._targets or targets.is_inference() or weight.is_inference()
+                or (weight.is_cuda and torch.cuda.is_current_stream_capturing())):
+            # (inference tensors keep no version counter, so a memo could not see them change)
             return importance(weight.detach(), targets, channels)
         key = (id(weight), weight._version, targets._version, channels)
         hit = memo.get(key)

@@ -225,3 +225,20 @@ def test_a_targets_block_computes_each_channel_importance_once(monkeypatch):
     torch.manual_seed(5)
     with ck.targets(net, y):
         assert torch.equal(net(x), out)
+
+
+def test_targets_made_in_inference_mode_still_guide():
+    """Labels created under torch.inference_mode keep no version counter: the shared importance is
+    not used for them (computed per layer), and the forward works."""
+    torch.manual_seed(0)
+    net = TwoStage().train()
+    x, y = batch()
+    with torch.inference_mode():
+        y_inf = y.clone()
+    torch.manual_seed(3)
+    with ck.targets(net, y_inf):
+        got = net(x)
+    torch.manual_seed(3)
+    with ck.targets(net, y):
+        want = net(x)
+    assert torch.equal(got, want)
