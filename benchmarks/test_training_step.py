@@ -59,3 +59,41 @@ def test_training_step(benchmark, kind):
         share = sum(float(l.last_dropped_fraction) for l in layers) / len(layers)
     timed(benchmark, step, group=f"training step | {ARCH} batch {BATCH} at {SIZE}",
           info=dict(contender=kind, **{"pass": "training step"}, dropped_share=share))
+
+
+class _Stage(torch.nn.Module):
+    """Nine layers on one small map, guided by one classifier (a ResNet's stages 3-4 in miniature):
+    the cost a training step pays per CamDrop layer when the maps are small and Python dominates."""
+
+    def __init__(self, kind, channels=64, layers=9):
+        super().__init__()
+        self.kind = kind
+        self.fc = torch.nn.Linear(channels, 10)
+        self.drops = torch.nn.ModuleList(ck.CamDrop2d(0.1, 3, classifier=self.fc) for _ in range(layers))
+
+    def forward(self, x):
+        for drop in self.drops:
+            x = drop(x) if self.kind == "camdrop layers" else x * 1.1
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["multiply layers", "camdrop layers"])
+def test_bound_layers_host_cost(benchmark, kind):
+    """Forward+backward through nine bound layers on (8, 64, 7, 7), beside nine multiplies: the
+    host time per layer that an eager step adds (the first card's resnet50 step was bound by it)."""
+    model = _Stage(kind).to(DEVICE).train()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 64, 7, 7, generator=g).to(DEVICE).requires_grad_()
+    labels = torch.randint(0, 10, (8,), generator=g).to(DEVICE)
+
+    def step():
+        with ck.targets(model, labels):
+            out = model(x)
+        out.sum().backward()
+        return out
+
+    step()
+    share = (sum(float(d.last_dropped_fraction) for d in model.drops) / len(model.drops)
+             if kind == "camdrop layers" else None)
+    timed(benchmark, step, group="bound layers | 9 x (8, 64, 7, 7) forward+backward",
+          info=dict(contender=kind, **{"pass": "forward+backward"}, dropped_share=share))
