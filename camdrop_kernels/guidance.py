@@ -1,6 +1,8 @@
 """Where CamDrop looks: channel importance from the classifier, and the class activation map."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -84,6 +86,7 @@ def cam_unchecked(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     (and the host pays one bmm, not einsum's planning: measured 47 -> 8 us a call on a CPU)."""
     a = alpha.to(x.dtype)
     N, C, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    P = math.prod(spatial)  # (explicit sizes: -1 cannot be inferred when N or C is 0)
     if C > 1 and x.stride(1) == 1:  # channels_last(_3d): (N, P, C) @ (N, C, 1)
-        return torch.bmm(x.movedim(1, -1).reshape(N, -1, C), a.unsqueeze(2)).view(N, *spatial)
-    return torch.bmm(a.unsqueeze(1), x.reshape(N, C, -1)).view(N, *spatial)
+        return torch.bmm(x.movedim(1, -1).reshape(N, P, C), a.unsqueeze(2)).view(N, *spatial)
+    return torch.bmm(a.unsqueeze(1), x.reshape(N, C, P)).view(N, *spatial)

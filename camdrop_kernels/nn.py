@@ -56,6 +56,16 @@ def _is_fx_tracing() -> bool:
     return bool(check()) if check is not None else False
 
 
+def _autocast_state(device_type: str):
+    """What autocast would make of the importance's matmul (soft targets) on this device type."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError, RuntimeError):  # (older torch: no per-device query)
+        return torch.is_autocast_enabled()
+    return None
+
+
 class CamDropNd(nn.Module):
     """CamDrop as a layer on (N, C, *S) maps; the identity in eval mode or at drop_prob 0.
 
@@ -73,6 +83,10 @@ class CamDropNd(nn.Module):
     After each training forward, ``last_dropped`` (N,) and ``last_rate`` (N,) hold the dropped
     counts and seed rates as device tensors (no sync); see :attr:`last_dropped_fraction`.
     """
+
+    # The ``targets`` block's shared dict (see _importance); a class default, so that layers
+    # pickled before it existed load with none.
+    _memo: Optional[dict] = None
 
     rank = 2
 
@@ -110,7 +124,6 @@ class CamDropNd(nn.Module):
         self.register_buffer("_numel", torch.ones((), dtype=torch.int64), persistent=False)
         self._numel_value = 1
         self._targets: Optional[torch.Tensor] = None
-        self._memo: Optional[dict] = None
         # seed of a forward -> weakref to its targets (None: it was skipped), for recomputations
         self._history: "collections.OrderedDict[int, Optional[weakref.ref]]" = collections.OrderedDict()
         self._recent: "collections.deque[torch.Tensor]" = collections.deque(maxlen=_RECENT)
@@ -166,12 +179,10 @@ class CamDropNd(nn.Module):
     def classifier(self) -> Optional[nn.Module]:
         return self.__dict__.get("_classifier")
 
-    def set_targets(self, targets: Optional[torch.Tensor], _memo: Optional[dict] = None) -> None:
-        """Hand this layer the batch's targets, (N,) class indices or (N, K) soft targets; None clears.
-        (``_memo``: the ``targets`` block's shared dict, where layers with the same classifier and
-        channel count find the channel importance already computed for these targets.)"""
+    def set_targets(self, targets: Optional[torch.Tensor]) -> None:
+        """Hand this layer the batch's targets, (N,) class indices or (N, K) soft targets; None clears."""
         self.__dict__["_targets"] = targets
-        self.__dict__["_memo"] = _memo
+        self.__dict__["_memo"] = None
 
     def __getstate__(self):
         # Copies and pickles never carry a batch's labels.
@@ -307,7 +318,16 @@ class CamDropNd(nn.Module):
                 or (weight.is_cuda and torch.cuda.is_current_stream_capturing())):
             # (inference tensors keep no version counter, so a memo could not see them change)
             return importance(weight.detach(), targets, channels)
-        key = (id(weight), weight._version, targets._version, channels)
+        # Shared within one forward of the model only: a layer that already ran since the memo was
+        # last cleared starts a new forward, which clears it. So weights updated between two
+        # forwards of one block without a version bump (fused optimizers, .data writes) are never
+        # missed, and the memo holds one forward's entries at most.
+        seen = memo.get("seen")
+        if seen is None or id(self) in seen:
+            memo.clear()
+            seen = memo["seen"] = set()
+        seen.add(id(self))
+        key = (id(weight), weight._version, targets._version, channels, _autocast_state(weight.device.type))
         hit = memo.get(key)
         if hit is not None and hit[0] is weight:  # (the entry holds the weight: its id cannot be reused)
             return hit[1]

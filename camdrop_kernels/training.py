@@ -60,13 +60,15 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     saved = [(layer._targets, layer._memo) for layer in layers]
     memo: dict = {}  # this block's channel importances, shared by the layers (see CamDropNd._importance)
     for layer in layers:
-        layer.set_targets(targets, memo)
+        layer.set_targets(targets)
+        layer.__dict__["_memo"] = memo
         layer._size_statistics(targets.shape[0])  # so that a compiled forward writes them in place
     try:
         yield model
     finally:
         for layer, (previous, previous_memo) in zip(layers, saved):
-            layer.set_targets(previous, previous_memo)
+            layer.set_targets(previous)
+            layer.__dict__["_memo"] = previous_memo
 
 
 def set_drop_prob(model: nn.Module, drop_prob: float) -> None:

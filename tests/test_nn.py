@@ -182,10 +182,11 @@ class TwoStage(torch.nn.Module):
         return self.fc(h.flatten(2).mean(2))
 
 
-def test_a_targets_block_computes_each_channel_importance_once(monkeypatch):
-    """Layers of one classifier and channel count share alpha within a targets block (one gather
-    a stage, not a layer); a changed weight or targets, a new block, or set_targets without a
-    block compute it again, and the outputs equal those of layers computing their own."""
+def test_a_forward_computes_each_channel_importance_once(monkeypatch):
+    """Within one forward, layers of one classifier and channel count share alpha (one gather a
+    stage, not a layer); every forward computes it again, so weights changed between two forwards
+    of one block are seen even without a version bump (fused optimizers, .data writes); the outputs
+    equal those of layers computing their own alpha."""
     import camdrop_kernels.nn as nn_module
 
     calls = []
@@ -200,31 +201,71 @@ def test_a_targets_block_computes_each_channel_importance_once(monkeypatch):
         out = net(x)
         assert calls == [16, 8]
         net(x)
-        assert calls == [16, 8]
-        with torch.no_grad():
-            net.fc.weight.add_(0.01)  # (an optimizer step between two forwards of one block)
-        net(x)
-        assert calls == [16, 8, 16, 8]
-        y.add_(0)  # targets written in place
-        net(x)
-        assert calls == [16, 8] * 3
-    with ck.targets(net, y):
-        net(x)
-    assert calls == [16, 8] * 4
+        assert calls == [16, 8] * 2
+        assert len(net.a._memo) <= 3  # (one forward's entries at most, and its "seen" set)
     for layer in (net.a, net.b, net.c):
         layer.set_targets(y)
     net(x)
-    assert calls == [16, 8] * 4 + [16, 16, 8]
+    assert calls == [16, 8] * 2 + [16, 16, 8]
     for layer in (net.a, net.b, net.c):
         layer.set_targets(None)
     # Same outputs as without sharing (each layer computing its own alpha):
-    with torch.no_grad():
-        net.fc.weight.copy_(weight)
     monkeypatch.setattr(nn_module.CamDropNd, "_importance",
                         lambda self, w, t, c, compiling: real(w.detach(), t, c))
     torch.manual_seed(5)
     with ck.targets(net, y):
         assert torch.equal(net(x), out)
+    assert torch.equal(net.fc.weight, weight)
+
+
+def test_weights_changed_without_a_version_bump_between_two_forwards_of_a_block():
+    """Regression (review): two forwards in one targets block with the classifier changed in between
+    through .data (as fused optimizers and some SAM code do: no version bump) reused the first
+    forward's channel importance. The second forward must equal the same forward in a fresh block."""
+    torch.manual_seed(0)
+    net = TwoStage().train()
+    x, y = batch()
+    with ck.targets(net, y):
+        net(x)
+        net.fc.weight.data.mul_(-1.0)  # (no version bump)
+        torch.manual_seed(9)
+        second = net(x)
+    torch.manual_seed(9)
+    with ck.targets(net, y):
+        fresh = net(x)
+    assert torch.equal(second, fresh)
+
+
+def test_the_shared_importance_is_per_autocast_state(monkeypatch):
+    """Soft targets' importance is a matmul that autocast lowers: a layer under autocast and one
+    outside it, in one forward, do not share it."""
+    import camdrop_kernels.nn as nn_module
+
+    calls = []
+    real = nn_module.importance
+    monkeypatch.setattr(nn_module, "importance", lambda w, t, c: calls.append(c) or real(w, t, c))
+    torch.manual_seed(0)
+    net = TwoStage().train()
+    x, _ = batch()
+    soft = torch.softmax(torch.randn(x.shape[0], 10), 1)
+    with ck.targets(net, soft):
+        h = net.conv(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = net.a(h)
+        net.b(h.float())
+    assert calls == [16, 16]
+
+
+def test_layers_pickled_before_the_memo_existed_still_work():
+    """A layer whose __dict__ has no _memo (pickled by an older release) finds the class default."""
+    torch.manual_seed(0)
+    net = TwoStage().train()
+    for layer in (net.a, net.b, net.c):
+        layer.__dict__.pop("_memo", None)
+    x, y = batch()
+    with ck.targets(net, y):
+        net(x)
+    assert net.a._memo is None
 
 
 def test_targets_made_in_inference_mode_still_guide():

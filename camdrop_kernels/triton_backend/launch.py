@@ -40,8 +40,11 @@ try:  # Triton >= 3.4 keeps its runtime switches in knobs
         return calls is None or len(calls) > 0
 
     def _launch_hooked() -> bool:
+        """Launch through kernel[grid]: a launch hook is set, or a switch that changes which
+        kernel Triton would pick (debug, instrumentation) is on, which the kept kernel ignores."""
         runtime = _knobs.runtime
-        return _hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook)
+        return (_hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook)
+                or bool(runtime.debug) or bool(_knobs.compilation.instrumentation_mode))
 except ImportError:  # pragma: no cover - older Triton
     def _launch_hooked() -> bool:
         return True
@@ -103,9 +106,12 @@ class Plan:
         if INTERPRET or device_index < 0:
             self.fn[self.grid](*args, **self.constexprs, **self.options())
             return
+        hooked = _launch_hooked()
         with torch.cuda.device(device_index):
             kernel = self.fn[self.grid](*args, **self.constexprs, **self.options())
-        if kernel is not None and hasattr(kernel, "packed_metadata"):
+        # Keep only a kernel compiled with every switch off (a debug or instrumented build must not
+        # serve the direct launches that follow once the switch is off again).
+        if kernel is not None and hasattr(kernel, "packed_metadata") and not hooked:
             self.compiled[device_index] = kernel
 
 
