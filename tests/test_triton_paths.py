@@ -223,3 +223,15 @@ def test_an_empty_hook_chain_is_no_hook():
     finally:
         chain.remove(hook)
     assert not launch._launch_hooked()
+    # Switches that change which kernel Triton builds send launches through it too.
+    runtime, compilation = knobs.runtime, knobs.compilation
+    debug, mode = runtime.debug, compilation.instrumentation_mode
+    try:
+        runtime.debug = True
+        assert launch._launch_hooked()
+        runtime.debug = debug
+        compilation.instrumentation_mode = "consan"
+        assert launch._launch_hooked()
+    finally:
+        runtime.debug, compilation.instrumentation_mode = debug, mode
+    assert not launch._launch_hooked()
