@@ -144,9 +144,13 @@ def probe_state() -> None:
                 ("sms x4", dict(SMS_OVERRIDE=528)), ("sms x8", dict(SMS_OVERRIDE=1056))]
     opt_variants = [("top_pixels=1", dict(top_pixels=1)), ("top_channels=1", dict(top_channels=1)),
                     ("both tiny", dict(top_pixels=1, top_channels=1)), ("dropblock", dict(gamma_mode="dropblock")),
-                    ("normalize=sample", dict(normalize="sample"))]
+                    ("normalize=sample", dict(normalize="sample")),
+                    # 16-bit keys: half the radix passes (a bound layer under bf16 autocast hands over
+                    # a bf16 cam; alpha stays float32, the classifier's dtype)
+                    ("cam bf16", dict(cam_dtype=torch.bfloat16)),
+                    ("cam+alpha bf16", dict(cam_dtype=torch.bfloat16, alpha_dtype=torch.bfloat16))]
     if DRY_RUN:
-        variants, opt_variants = variants[:2], opt_variants[:1]
+        variants, opt_variants = variants[:2], opt_variants[:1] + opt_variants[-1:]
     saved = dict(STATE_WARPS=tb.STATE_WARPS, LANES=tb.LANES, SMS_OVERRIDE=tb.SMS_OVERRIDE)
     res = {}
     for shape in shapes:
@@ -156,18 +160,21 @@ def probe_state() -> None:
         alpha = torch.randn(shape[:2], device=DEVICE, generator=g)
         seed, rate = torch.tensor(99), torch.tensor([0.1], dtype=torch.float64)
         base_kw = dict(top_pixels=None, top_channels=None, normalize="batch", gamma_mode="eligible")
+        # (variants differing only in dtypes or run-time flags share the default's plan key pieces)
         todo = [(name, over, {}) for name, over in variants] + [(name, {}, kw) for name, kw in opt_variants]
         for name, over, kw in todo:
             k = dict(base_kw, **kw)
             opts = Options.get(2, 7, k["top_pixels"], k["top_channels"], "square", k["normalize"], k["gamma_mode"], 1.0)
+            cam_k = cam.to(kw.get("cam_dtype", cam.dtype))
+            alpha_k = alpha.to(kw.get("alpha_dtype", alpha.dtype))
             try:
                 for attr, value in over.items():
                     setattr(tb, attr, value)
                 tb.LANES = 4 * 32 * tb.STATE_WARPS
                 tb._STATE_PLANS.clear()
-                ref = ops.build_state(x, cam, alpha, seed, rate, opts)
-                us = graph_us(lambda: ops.build_state(x, cam, alpha, seed, rate, opts))
-                got = ops.build_state(x, cam, alpha, seed, rate, opts)
+                ref = ops.build_state(x, cam_k, alpha_k, seed, rate, opts)
+                us = graph_us(lambda: ops.build_state(x, cam_k, alpha_k, seed, rate, opts))
+                got = ops.build_state(x, cam_k, alpha_k, seed, rate, opts)
                 same = all(torch.equal(a, b) for a, b in zip(ref[:3], got[:3]))
                 plan = next(iter(tb._STATE_PLANS.values()), None)  # (none in a dry run: the native backend)
                 res[f"{shape} {name}"] = dict(us=round(us, 2), grid=plan and plan.grid[0], warps=plan and plan.num_warps,
