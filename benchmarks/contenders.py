@@ -57,7 +57,7 @@ def contenders(device: torch.device, rank: int = 2) -> Dict[str, Callable]:
         found[f"camdrop[{mode}]"] = lambda x, cam, alpha, kw=kw: (lambda: fn(x, cam, alpha, **kw))
     plain = dict(drop_prob=DROP_PROB, block_size=BLOCK_SIZE)
     if device.type == "cpu" and backends.native_available():
-        found["camdrop[plain torch]"] = lambda x, cam, alpha: (lambda: _using("torch", fn, x, cam, alpha, plain))
+        found["camdrop[plain torch]"] = lambda x, cam, alpha: (lambda: _using("plain", fn, x, cam, alpha, plain))
     if device.type == "cuda" and backends.triton_available():
         found["camdrop[torch fallback]"] = lambda x, cam, alpha: (lambda: fn(x, cam, alpha, **plain, backend="torch"))
     found["reference"] = lambda x, cam, alpha: (lambda: REFERENCES[rank](x, cam, alpha, **plain))

@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     alpha = torch.randn(N, C, generator=gen).to(device)
     cam = ck.class_activation_map(x, alpha)
     kw = dict(drop_prob=args.drop_prob, block_size=args.block_size, seed=args.seed)
-    backend = backends.select(device.type).__name__.rsplit(".", 1)[-1]
-    detail = {"cpu_native": "native C kernels", "torch_ops": "plain torch ops (no C extension built)",
-              "triton_backend": "Triton kernels"}.get(backend, backend)
+    backend = backends.select(device.type).name
+    detail = {"native": "native C kernels", "plain": "plain torch ops (no C extension built)",
+              "triton": "Triton kernels"}.get(backend, backend)
     geo = Options.get(2, args.block_size, None, None, "square", "batch", "eligible", 1.0).geometry(C, (H, W))
     print(f"camdrop_kernels {ck.__version__} | torch {torch.__version__} | device {device} | backend: {detail}")
     print(f"x {tuple(x.shape)} float32, drop_prob {args.drop_prob}, block_size {args.block_size}, seed {args.seed}")

@@ -21,8 +21,9 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from . import validation
+from . import placement, validation
 from .nn import CamDrop1d, CamDrop2d, CamDrop3d, CamDropNd
+from .placement import unwrap as _unwrap
 
 # timm's drop_block_rate uses 5 in stage 3 and 3 in stage 4; DropBlock's default 7 before that.
 DEFAULT_BLOCK_SIZE = {1: 7, 2: 7, 3: 5, 4: 3}
@@ -51,17 +52,6 @@ class Place(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # The model's structure: convs, stages, blocks
 # ---------------------------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model under torch.compile / DDP / DataParallel wrappers (their modules are shared)."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if inner is None and isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            inner = model.module
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 def _conv_rank(module: nn.Module) -> Optional[int]:
     for cls, rank in _CONVS:
         if isinstance(module, cls):
@@ -401,15 +391,7 @@ def find_classifier(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # convert
 # ---------------------------------------------------------------------------------------------
-class _CamDropAfter:
-    """Forward hook applying ``module.camdrop`` to a module's output (an object holding the module,
-    so that deepcopy rebinds it to the copy)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __call__(self, module, inputs, output):
-        return self.module.camdrop(output)
+_CamDropAfter = placement.CamDropAfter  # (the hook's old name: models pickled before 0.3 load)
 
 
 def _hook_target(module: nn.Module, name: str) -> Tuple[nn.Module, str]:
@@ -452,7 +434,11 @@ def convert(
     if "drop_prob_scale" in options:
         raise TypeError("convert sets drop_prob_scale itself (stage_scaling); pass stage_scaling=False for one rate")
     model_ = _unwrap(model)
-    if isinstance(classifier, str):
+    self_guided = options.get("guidance", "classifier") == "self"
+    if self_guided:
+        if classifier is not None:
+            raise ValueError("guidance='self' uses no classifier: pass classifier=None")
+    elif isinstance(classifier, str):
         try:
             classifier = model_.get_submodule(classifier)
         except AttributeError as exc:
@@ -460,9 +446,11 @@ def convert(
                              "final linear layer or its name") from exc
     elif classifier is None:
         classifier = find_classifier(model_)
-    if not isinstance(classifier, nn.Module):
+    if not self_guided and not isinstance(classifier, nn.Module):
         raise TypeError(f"classifier must be a module (the final nn.Linear) or its name; got "
                         f"{type(classifier).__name__}")
+    # The classifier's name, so that the layers follow a head replaced later (fine-tuning).
+    classifier_path = None if self_guided else next((n for n, m in model_.named_modules() if m is classifier), None)
     places = conversion_places(model_, where, rank=rank)
     plans = []  # everything is checked before the model changes
     taken = {}  # the module each place drops after -> the place's name (two places must not share one)
@@ -481,16 +469,17 @@ def convert(
             raise ValueError(f"places {taken[id(target)]!r} and {place.name!r} both drop the output of "
                              f"{target_name!r}: name it once")
         taken[id(target)] = place.name
-        layer = _LAYERS[place.rank](drop_prob * scale, size, classifier=classifier, drop_prob_scale=scale, **options)
+        layer = _LAYERS[place.rank](drop_prob * scale, size, drop_prob_scale=scale, **options)
+        if not self_guided:
+            layer.guide.bind(classifier, path=classifier_path)
         plans.append((place, module, layer))
     for place, module, layer in plans:
         if place.replace:
             parent_name, _, attr = place.name.rpartition(".")
             setattr(model_.get_submodule(parent_name), attr, layer)
         else:
-            target, _ = _hook_target(module, place.name)
-            target.camdrop = layer
-            target.register_forward_hook(_CamDropAfter(target))
+            target, target_name = _hook_target(module, place.name)
+            placement.attach(model_, target_name, target, layer)
     return model
 
 

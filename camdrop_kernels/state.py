@@ -24,9 +24,13 @@ WORD_BITS = 32
 
 
 class State(NamedTuple):
+    """What one call leaves: the saved state (slots, bits, scale) and the statistics (dropped, rate)."""
+
     slots: torch.Tensor
     bits: torch.Tensor
     scale: torch.Tensor
+    dropped: torch.Tensor
+    rate: torch.Tensor
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -34,21 +38,33 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def allocate(x: torch.Tensor, opts: Options) -> Tuple[torch.Tensor, ...]:
-    """Uninitialised (slots, bits, scale, dropped, rate) for x: what every backend fills and what
-    the fake (shape) kernels return. Works on symbolic sizes."""
+def allocate(x: torch.Tensor, opts: Options) -> State:
+    """An uninitialised State for x: what every backend fills and what the fake (shape) kernels
+    return. Works on symbolic sizes."""
     shape = x.shape
     N, C = shape[0], shape[1]
     P = math.prod(shape[2:])
     device = x.device
     i32, f32 = torch.int32, torch.float32
-    return (
+    return State(
         torch.empty(N, C, dtype=i32, device=device),
         torch.empty(N, opts.num_top_channels(C), words_per_plane(P), dtype=i32, device=device),
         torch.empty(N, dtype=torch.float64 if x.dtype == torch.float64 else f32, device=device),
         torch.empty(N, dtype=torch.int64, device=device),
         torch.empty(N, dtype=f32, device=device),
     )
+
+
+def empty(out: State) -> State:
+    """The state of an empty x, which drops nothing: every slot -1, scale 1 (0 elements kept of 0
+    is not a division), no counts."""
+    slots, bits, scale, dropped, rate = out
+    slots.fill_(-1)
+    bits.zero_()
+    scale.fill_(1.0)
+    dropped.zero_()
+    rate.zero_()
+    return out
 
 
 def pack_bits(dropped: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Training-loop helpers: hand targets to the CamDrop layers, set and schedule their rate, and
-report what they dropped.
+report what they dropped (and which layers did not run).
 
 The schedules follow the authors' code (``ResNet/resnet_model.py``): "decay" ramps the drop
 rate linearly from 0 to its final value over training; "V" ramps it up to its peak at an
@@ -9,18 +9,21 @@ ResNet gets the rate divided by 4**(last_stage - s).
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List
+import warnings
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
-from . import validation
+from . import placement, validation
 from .guidance import check_targets
+from .guide import Scope
 from .nn import CamDropNd
 
 
 def camdrop_layers(model: nn.Module) -> List[CamDropNd]:
     """Every CamDrop layer in ``model`` (DDP and torch.compile wrappers included)."""
+    validation.check_module("model", model)
     return [m for m in model.modules() if isinstance(m, CamDropNd)]
 
 
@@ -29,8 +32,14 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     """Hand the batch's targets to every CamDrop layer of ``model`` for the forward passes inside.
 
     ``targets`` are class indices (N,) of any integer dtype, or soft targets (N, K)
-    (mixup/cutmix). They are checked against each bound classifier here, once. On exit,
-    also on error, each layer gets back the targets it had before (so contexts nest)::
+    (mixup/cutmix); for a single-logit head, labels or probabilities (N,) in [0, 1]. They are
+    checked against each bound classifier here, once. Layers that ``convert`` placed are checked
+    to still be in place (module-swapping utilities such as ``SyncBatchNorm.convert_sync_batchnorm``
+    replace the modules they were hooked on: they are re-attached), and follow the model's current
+    classifier (a replaced head guides them). The targets belong to this thread: another thread's
+    forward through these layers is refused. On exit, also on error, each layer gets back the
+    targets it had before (so contexts nest); a training-mode model whose CamDrop layers did not
+    run inside the block gets a warning, and ``dropped_summary`` says "did not run" for them::
 
         with camdrop_kernels.targets(model, labels):
             loss = criterion(model(images), labels)
@@ -39,9 +48,13 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     Only the forward needs to be inside: a forward that activation checkpointing recomputes
     during backward finds the targets of its original forward (the layers remember them).
     """
-    layers = camdrop_layers(model)
+    validation.check_module("model", model)
+    root = placement.unwrap(model)
+    placement.restore(root)
+    layers = [m for m in model.modules() if isinstance(m, CamDropNd)]
     if not layers:
-        raise ValueError("the model has no CamDrop layers: add them first (camdrop_kernels.convert)")
+        raise ValueError("the model has no CamDrop layers: add them first (camdrop_kernels.convert)"
+                         + placement.lost_message(root))
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a tensor: class indices (N,) or soft targets (N, K); got "
                         f"{type(targets).__name__}")
@@ -50,25 +63,56 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
                          f"{tuple(targets.shape)}")
     checked = set()
     for layer in layers:
-        classifier = layer.classifier
-        if classifier is not None and id(classifier) not in checked:
-            check_targets(classifier.weight, targets)
+        guide = layer.guide
+        guide.follow(root)
+        classifier = guide.classifier
+        if guide.mode == "classifier" and classifier is not None and id(classifier) not in checked:
+            weight = classifier.weight
+            if weight.dim() == 2:  # (a sharded weight is checked where it is gathered, in the forward)
+                check_targets(weight, targets)
             checked.add(id(classifier))
     # A compiled model whose batch is marked dynamic sees the labels' batch as dynamic too (a hint:
     # dynamo may still specialise it), instead of failing on "specialised to a constant".
     torch._dynamo.maybe_mark_dynamic(targets, 0)
-    saved = [(layer._targets, layer._memo) for layer in layers]
-    memo: dict = {}  # this block's channel importances, shared by the layers (see CamDropNd._importance)
+    scope = Scope(targets)
+    saved = []
+    try:
+        for layer in layers:
+            saved.append(layer.guide.enter(scope))
+    except BaseException:
+        for layer, previous in zip(layers, saved):
+            layer.guide.leave(previous)
+        raise
+    marks = []
     for layer in layers:
-        layer.set_targets(targets)
-        layer.__dict__["_memo"] = memo
-        layer._size_statistics(targets.shape[0])  # so that a compiled forward writes them in place
+        layer.guide.size_statistics(targets.shape[0], layer._numel.device)  # (a compiled forward writes in place)
+        marks.append(layer.guide.mark())
+    ok = False
     try:
         yield model
+        ok = True
     finally:
-        for layer, (previous, previous_memo) in zip(layers, saved):
-            layer.set_targets(previous)
-            layer.__dict__["_memo"] = previous_memo
+        for layer, previous in zip(layers, saved):
+            layer.guide.leave(previous)
+        if ok:
+            _report_idle(model, layers, marks)
+
+
+def _report_idle(model: nn.Module, layers: List[CamDropNd], marks: list) -> None:
+    """Mark which layers ran in this block; warn when training-mode layers did not."""
+    idle = []
+    for layer, mark in zip(layers, marks):
+        ran = layer.guide.ran_since(mark)
+        layer.guide.idle = not ran and layer.training
+        if layer.guide.idle:
+            idle.append(layer)
+    if idle:
+        names = {m: n for n, m in model.named_modules()}
+        shown = ", ".join(repr(names.get(l, "?")) for l in idle[:6]) + (", ..." if len(idle) > 6 else "")
+        warnings.warn(
+            f"camdrop_kernels: {len(idle)} of {len(layers)} CamDrop layers did not run inside this targets block "
+            f"({shown}): was the forward outside the block, or were the modules they were attached to replaced "
+            "after convert?", RuntimeWarning, stacklevel=3)
 
 
 def set_drop_prob(model: nn.Module, drop_prob: float) -> None:
@@ -76,40 +120,57 @@ def set_drop_prob(model: nn.Module, drop_prob: float) -> None:
 
     The rate is a tensor the layers read on the device: calling this every step does not
     recompile a compiled model."""
+    validation.check_module("model", model)
     drop_prob = validation.check_probability("drop_prob", drop_prob)
     for layer in camdrop_layers(model):
         layer.drop_prob = drop_prob * layer.drop_prob_scale
 
 
-def dropped_stats(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Per CamDrop layer (by module name): the last training batch's dropped share (``fraction``)
-    and whether its rate saturated (``saturated``), as device tensors: no sync."""
+def dropped_stats(model: nn.Module) -> Dict[str, Dict[str, Optional[torch.Tensor]]]:
+    """Per CamDrop layer (by module name): the last training batch's dropped share (``fraction``),
+    whether its rate saturated (``saturated``), as device tensors (no sync), and whether it ran in
+    the last ``targets`` block (``ran``: False for a layer that did not; its fraction is then None,
+    never 0)."""
+    validation.check_module("model", model)
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, CamDropNd) and module.last_dropped is not None:
-            out[name] = {"fraction": module.last_dropped_fraction, "saturated": module.saturated}
+        if isinstance(module, CamDropNd) and (module.last_dropped is not None or module.guide.idle):
+            ran = not module.guide.idle
+            out[name] = {"fraction": module.last_dropped_fraction if ran else None,
+                         "saturated": module.saturated if ran else None, "ran": ran}
     return out
 
 
 def dropped_summary(model: nn.Module) -> str:
     """One line for a training log: each CamDrop layer's last dropped share, '!' where its rate
-    saturated (drop_prob asked for more than the guided region holds). Reads device values: call
-    it every k steps, not in the hot loop."""
+    saturated (drop_prob asked for more than the guided region holds), "did not run" where the
+    layer did not run in the last targets block. Reads device values: call it every k steps, not
+    in the hot loop."""
     stats = dropped_stats(model)
     if not stats:
         return "camdrop: no training batch yet"
-    values = torch.stack([torch.stack([s["fraction"].float(), s["saturated"].float()]) for s in stats.values()])
-    values = values.cpu().tolist()
-    parts = [f"{name or 'layer'} {100 * f:.2f}%{'!' if sat else ''}" for name, (f, sat) in zip(stats, values)]
-    note = " (! = saturated: drop_prob asks for more than the guided region holds)" if any(v[1] for v in values) else ""
+    ran = [s for s in stats.values() if s["ran"]]
+    values = iter(torch.stack([torch.stack([s["fraction"].float(), s["saturated"].float()]) for s in ran])
+                  .cpu().tolist() if ran else [])
+    parts, saturated = [], False
+    for name, s in stats.items():
+        if not s["ran"]:
+            parts.append(f"{name or 'layer'} did not run")
+            continue
+        f, sat = next(values)
+        saturated |= bool(sat)
+        parts.append(f"{name or 'layer'} {100 * f:.2f}%{'!' if sat else ''}")
+    note = " (! = saturated: drop_prob asks for more than the guided region holds)" if saturated else ""
     return "camdrop dropped: " + ", ".join(parts) + note
 
 
 def stage_drop_prob(drop_prob: float, stage: int, last_stage: int = 4) -> float:
     """The authors' per-stage rate: keep 1 - (1 - keep) / 4**(last_stage - stage), i.e. p / 4**(L - s)."""
     drop_prob = validation.check_probability("drop_prob", drop_prob)
+    if not validation.is_int(last_stage) or last_stage < 1:
+        raise ValueError(f"last_stage must be an int >= 1; got {last_stage!r}")
     if not validation.is_int(stage) or not 1 <= stage <= last_stage:
-        raise ValueError(f"stage must be an int in [1, {last_stage}]; got {stage!r}")
+        raise ValueError(f"stage must be an int in [1, last_stage={last_stage}]; got {stage!r}")
     return drop_prob / 4.0 ** (last_stage - stage)
 
 
@@ -127,7 +188,7 @@ def linear_ramp(step: int, total_steps: int, drop_prob: float) -> float:
     return drop_prob * min(step, total_steps) / total_steps
 
 
-def v_schedule(step: int, total_steps: int, drop_prob: float, peak_step: int = None) -> float:
+def v_schedule(step: int, total_steps: int, drop_prob: float, peak_step: Optional[int] = None) -> float:
     """The "V" schedule: up from 0 to drop_prob at ``peak_step`` (default total_steps // 2), then down
     to 0 at ``total_steps`` (the authors anchor the peak between two learning-rate drops)."""
     _check_steps(step, total_steps)

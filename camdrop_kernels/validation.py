@@ -167,10 +167,25 @@ def check_generator(value, device: torch.device) -> Optional[torch.Generator]:
     return value
 
 
+def type_name(value) -> str:
+    """The qualified name of value's type ("numpy.bool", "str"), for messages."""
+    cls = type(value)
+    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
 def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
-    return value
+    """A bool, or a NumPy bool (``np.bool_``: what comparisons of NumPy values give), as a bool."""
+    if isinstance(value, bool):
+        return value
+    cls = type(value)
+    if cls.__module__ == "numpy" and cls.__name__ in ("bool", "bool_"):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool (True or False); got {type_name(value)}")
+
+
+def check_module(name: str, value) -> None:
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module (the model); got {type_name(value)}")
 
 
 def check_inplace(x: torch.Tensor) -> None:
@@ -188,6 +203,9 @@ def check_inplace(x: torch.Tensor) -> None:
             raise RuntimeError(
                 f"camdrop(inplace=True): {what} that requires grad is being used in an in-place operation; "
                 "use inplace=False, run it under torch.no_grad(), or apply it to the output of another op")
-    if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
-        raise ValueError("camdrop(inplace=True) needs x without overlapping elements (x is expanded); "
-                         "use inplace=False or x.contiguous()")
+    if not compiling and torch._debug_has_internal_overlap(x) == 1:
+        raise ValueError("camdrop(inplace=True) needs x without overlapping elements (x is expanded or an "
+                         "as_strided view whose elements share memory); use inplace=False or x.contiguous()")
+    if not compiling and x._is_zerotensor():
+        raise ValueError("camdrop(inplace=True): x is an efficient zero tensor, which cannot be written in place; "
+                         "use inplace=False")

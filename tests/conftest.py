@@ -31,7 +31,7 @@ HAS_NATIVE = backends.native_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 # The implementations the contract tests run, by registry name: the native CPU kernels, plain
 # torch, and Triton (on CUDA, or in its interpreter on CPU tensors).
-BACKENDS = (["native"] if HAS_NATIVE and not HAS_CUDA else []) + ["torch"] + (["triton"] if HAS_TRITON else [])
+BACKENDS = (["native"] if HAS_NATIVE and not HAS_CUDA else []) + ["plain"] + (["triton"] if HAS_TRITON else [])
 # Triton's interpreter runs about 5 ms per program instance: tests that make hundreds of calls
 # run it on CUDA only; the contract tests, which compare it with the reference, use small inputs.
 INTERPRETED = {"triton"} if HAS_TRITON and not HAS_CUDA else set()

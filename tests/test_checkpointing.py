@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import camdrop_kernels as ck
-from camdrop_kernels import nn as camdrop_nn
+from camdrop_kernels import guide as camdrop_guide
 
 CLASSES = 5
 
@@ -235,7 +235,7 @@ def test_freed_targets_fail_with_advice():
     with ck.targets(model, torch.randint(0, CLASSES, (4,), generator=torch.Generator().manual_seed(1))):
         out = model(x.clone().requires_grad_())
     with torch.no_grad():
-        for seed in range(camdrop_nn._RECENT):  # newer targets push the first ones out
+        for seed in range(camdrop_guide.RECENT):  # newer targets push the first ones out
             with ck.targets(model, torch.randint(0, CLASSES, (4,), generator=torch.Generator().manual_seed(seed))):
                 model(x)
     gc.collect()
@@ -248,14 +248,14 @@ def test_history_is_bounded_and_copies_carry_none_of_it():
     model = make_net()
     layer = ck.camdrop_layers(model)[0]
     with torch.no_grad():
-        for seed in range(2 * camdrop_nn._RECENT):
+        for seed in range(2 * camdrop_guide.RECENT):
             with ck.targets(model, y.clone()):
                 model(x)
-        assert len(layer._recent) == camdrop_nn._RECENT and len(layer._history) == 2 * camdrop_nn._RECENT
+        assert len(layer.guide.recent) == camdrop_guide.RECENT and len(layer.guide.history) == 2 * camdrop_guide.RECENT
         with ck.targets(model, y):
             model(x)
             twin = copy.deepcopy(model)
-    assert all(m._targets is None and not m._history and not m._recent for m in ck.camdrop_layers(twin))
+    assert all(m.guide.targets is None and not m.guide.history and not m.guide.recent for m in ck.camdrop_layers(twin))
     with pytest.raises(RuntimeError, match="no targets"):
         twin(x)
 

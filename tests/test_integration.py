@@ -96,7 +96,7 @@ def test_soft_targets_and_targets_cleared_on_error():
     with pytest.raises(ZeroDivisionError):
         with ck.targets(model, y):
             raise ZeroDivisionError
-    assert all(l._targets is None for l in camdrop_layers(model))
+    assert all(l.guide.targets is None for l in camdrop_layers(model))
 
 
 def test_missing_targets_error_and_skip():

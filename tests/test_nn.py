@@ -53,7 +53,7 @@ def test_to_empty_refills_the_rate_and_count_buffers():
         net = Net(drop_prob=0.25)
     net = net.to_empty(device="cpu")
     net.load_state_dict(Net().state_dict())
-    assert net.drop._drop_prob.item() == 0.25 and net.drop._numel.item() == net.drop._numel_value
+    assert net.drop._drop_prob.item() == 0.25 and net.drop._numel.item() == net.drop.guide.numel
     net.train()
     x, y = batch()
     with ck.targets(net, y):
@@ -96,10 +96,10 @@ def test_nested_targets_restore_the_outer_ones():
     _, y2 = batch(seed=1)
     with ck.targets(net, y):
         with ck.targets(net, y2):
-            assert net.drop._targets is y2
-        assert net.drop._targets is y
+            assert net.drop.guide.targets is y2
+        assert net.drop.guide.targets is y
         net(x)  # the outer labels still guide this forward
-    assert net.drop._targets is None
+    assert net.drop.guide.targets is None
 
 
 def test_copies_never_carry_labels():
@@ -113,7 +113,7 @@ def test_copies_never_carry_labels():
         twin = copy.deepcopy(net)
         pickled = pickle.loads(pickle.dumps(net))
     for m in (twin, pickled):
-        assert m.drop._targets is None and not m.drop._history
+        assert m.drop.guide.targets is None and not m.drop.guide.history
         assert m.drop.classifier is m.fc
         with pytest.raises(RuntimeError, match="no targets"):
             m(x)
@@ -138,7 +138,8 @@ def test_dataparallel_replicas_are_refused_with_a_pointer_to_ddp():
     replica = net._replicate_for_data_parallel()
     replica.drop = net.drop._replicate_for_data_parallel()
     with ck.targets(net, y):
-        net.drop._targets, replica.drop._targets = y, y
+        net.drop.set_targets(y)
+        replica.drop.set_targets(y)
         with pytest.raises(RuntimeError, match="DistributedDataParallel"):
             replica.drop(torch.randn(4, 16, 12, 12))
     # Explicit guidance needs no targets, so it still runs as a replica.
@@ -187,11 +188,11 @@ def test_a_forward_computes_each_channel_importance_once(monkeypatch):
     stage, not a layer); every forward computes it again, so weights changed between two forwards
     of one block are seen even without a version bump (fused optimizers, .data writes); the outputs
     equal those of layers computing their own alpha."""
-    import camdrop_kernels.nn as nn_module
+    import camdrop_kernels.guide as guide_module
 
     calls = []
-    real = nn_module.importance
-    monkeypatch.setattr(nn_module, "importance", lambda w, t, c: calls.append(c) or real(w, t, c))
+    real = guide_module.importance
+    monkeypatch.setattr(guide_module, "importance", lambda w, t, c, layout=None: calls.append(c) or real(w, t, c))
     torch.manual_seed(0)
     net = TwoStage().train()
     weight = net.fc.weight.detach().clone()
@@ -202,16 +203,16 @@ def test_a_forward_computes_each_channel_importance_once(monkeypatch):
         assert calls == [16, 8]
         net(x)
         assert calls == [16, 8] * 2
-        assert len(net.a._memo) <= 3  # (one forward's entries at most, and its "seen" set)
+        assert len(net.a.guide.scope.memo) <= 2  # (one forward's entries at most)
     for layer in (net.a, net.b, net.c):
         layer.set_targets(y)
     net(x)
-    assert calls == [16, 8] * 2 + [16, 16, 8]
+    assert calls == [16, 8] * 2 + [16, 16, 8]  # (set_targets: a scope per layer, nothing shared)
     for layer in (net.a, net.b, net.c):
         layer.set_targets(None)
     # Same outputs as without sharing (each layer computing its own alpha):
-    monkeypatch.setattr(nn_module.CamDropNd, "_importance",
-                        lambda self, w, t, c, compiling: real(w.detach(), t, c))
+    monkeypatch.setattr(guide_module.Guide, "_importance",
+                        lambda self, w, t, c, scope, compiling: real(w.detach(), t, c))
     torch.manual_seed(5)
     with ck.targets(net, y):
         assert torch.equal(net(x), out)
@@ -239,11 +240,11 @@ def test_weights_changed_without_a_version_bump_between_two_forwards_of_a_block(
 def test_the_shared_importance_is_per_autocast_state(monkeypatch):
     """Soft targets' importance is a matmul that autocast lowers: a layer under autocast and one
     outside it, in one forward, do not share it."""
-    import camdrop_kernels.nn as nn_module
+    import camdrop_kernels.guide as guide_module
 
     calls = []
-    real = nn_module.importance
-    monkeypatch.setattr(nn_module, "importance", lambda w, t, c: calls.append(c) or real(w, t, c))
+    real = guide_module.importance
+    monkeypatch.setattr(guide_module, "importance", lambda w, t, c, layout=None: calls.append(c) or real(w, t, c))
     torch.manual_seed(0)
     net = TwoStage().train()
     x, _ = batch()
@@ -254,18 +255,6 @@ def test_the_shared_importance_is_per_autocast_state(monkeypatch):
             h = net.a(h)
         net.b(h.float())
     assert calls == [16, 16]
-
-
-def test_layers_pickled_before_the_memo_existed_still_work():
-    """A layer whose __dict__ has no _memo (pickled by an older release) finds the class default."""
-    torch.manual_seed(0)
-    net = TwoStage().train()
-    for layer in (net.a, net.b, net.c):
-        layer.__dict__.pop("_memo", None)
-    x, y = batch()
-    with ck.targets(net, y):
-        net(x)
-    assert net.a._memo is None
 
 
 def test_targets_made_in_inference_mode_still_guide():

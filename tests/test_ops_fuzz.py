@@ -138,7 +138,7 @@ def test_every_backend_checks_the_same_values():
     cam, alpha = torch.randn(2, 6, 7), torch.randn(2, 8)
     key = Options.get(2, 3, None, None, "square", "batch", "eligible", 1.0).key
     seed, p = torch.tensor(7), torch.tensor(0.6, dtype=torch.float64)
-    for name in ("native", "torch"):
+    for name in ("native", "plain"):
         with backends.using(name):
             slots, bits, scale, _, _ = ops.camdrop_state(x, cam, alpha, seed, p, key)
             with pytest.raises(ValueError, match="seed"):

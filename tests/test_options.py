@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import camdrop_kernels as ck
-from camdrop_kernels import reference, torch_ops
+from camdrop_kernels import reference
+from camdrop_kernels.backends import plain as torch_ops
 from camdrop_kernels.options import Options
 
 from conftest import DEVICE

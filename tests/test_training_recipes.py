@@ -133,7 +133,7 @@ def test_timm_train_py_flow_with_checkpointing_equals_without():
     assert params_equal(plain.get_trainable_module(ema=True), ema)
     assert any(float(layer.last_dropped_fraction) > 0 for layer in ck.camdrop_layers(model))
     # The EMA copy carries no labels and evaluates (eval mode: CamDrop is the identity).
-    assert all(layer._targets is None and not layer._history for layer in ck.camdrop_layers(ema))
+    assert all(layer.guide.targets is None and not layer.guide.history for layer in ck.camdrop_layers(ema))
     assert not ema.module.training
     x, _ = image_batches(1, seed=5)[0]
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The "torch" backend: SPEC.md in plain torch ops, doing only the work CamDrop needs.
+"""The "plain" backend: SPEC.md in plain torch ops, doing only the work CamDrop needs.
 
 It runs wherever torch does: on the CPU when the native extension is not built (a machine
 without a C compiler), and on CUDA when triton is not installed. Random numbers are drawn only
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from . import state
-from .options import Geometry, Options
-from .philox import philox_uniform
+from .. import state
+from ..options import Geometry, Options
+from ..philox import philox_uniform
+from .base import Backend
 
 
 def top_n(values: torch.Tensor, n: int) -> torch.Tensor:
@@ -65,7 +66,7 @@ def scale_from_dropped(geo: Geometry, N: int, dropped: torch.Tensor, dtype: torc
     return scale.to(dtype)
 
 
-def build_state(x, cam, alpha, seed, drop_prob, opts: Options, out) -> None:
+def _build_state(x, cam, alpha, seed, drop_prob, opts: Options, out) -> None:
     """Steps 1-7 into ``out`` = (slots, bits, scale, dropped, rate)."""
     N, C = x.shape[0], x.shape[1]
     geo = opts.geometry(C, x.shape[2:])
@@ -107,7 +108,7 @@ def build_state(x, cam, alpha, seed, drop_prob, opts: Options, out) -> None:
     scale_out.copy_(scale_from_dropped(geo, N, counts, scale_out.dtype))
 
 
-def apply(x, y, slots, bits, scale) -> None:
+def _apply(x, y, slots, bits, scale) -> None:
     """Step 8: y = where(dropped, +0.0, x * scale), one rounding to x's dtype (y may be x)."""
     N = x.shape[0]
     s = scale.reshape((N,) + (1,) * (x.dim() - 1))
@@ -124,7 +125,11 @@ def apply(x, y, slots, bits, scale) -> None:
     y.masked_fill_(mask, 0.0)
 
 
-def forward(x, cam, alpha, seed, drop_prob, opts: Options, y, out) -> None:
-    """Steps 1-8: the state into ``out``, then y."""
-    build_state(x, cam, alpha, seed, drop_prob, opts, out)
-    apply(x, y, *out[:3])
+class PlainBackend(Backend):
+    name = "plain"
+
+    def build_state(self, x, cam, alpha, seed, drop_prob, opts, out) -> None:
+        _build_state(x, cam, alpha, seed, drop_prob, opts, out)
+
+    def apply(self, x, y, slots, bits, scale) -> None:
+        _apply(x, y, slots, bits, scale)

@@ -1,0 +1,82 @@
+"""Where ``convert`` attached its layers, and putting them back when the model was rebuilt around them.
+
+``convert`` attaches a CamDrop layer after a module (a BatchNorm, a block) with a forward hook
+and registers it as that module's ``camdrop`` child. Utilities users run after creating a model
+replace modules wholesale: ``nn.SyncBatchNorm.convert_sync_batchnorm`` (which keeps children but
+not hooks), timm's ``freeze_batch_norm_2d`` and ``torch.ao`` conv-BN fusion (which keep neither).
+So the root model keeps a list of (module name, layer): :func:`restore` (run by every ``targets``
+block) re-attaches each layer to the module now at that name, and :func:`lost_message` explains
+a model whose layers are gone.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from torch import nn
+
+_PLACES = "_camdrop_places"  # root.__dict__ entry: [(module name, layer)], copied by deepcopy and pickle
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under torch.compile / DDP / DataParallel wrappers (their modules are shared)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+class CamDropAfter:
+    """Forward hook applying ``module.camdrop`` to a module's output (an object holding the module,
+    so that deepcopy rebinds it to the copy)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, module, inputs, output):
+        return self.module.camdrop(output)
+
+
+def _hooked(target: nn.Module, layer: nn.Module) -> bool:
+    if target._modules.get("camdrop") is not layer:
+        return False
+    return any(isinstance(h, CamDropAfter) and h.module is target for h in target._forward_hooks.values())
+
+
+def attach(root: nn.Module, name: str, target: nn.Module, layer: nn.Module) -> None:
+    """Run ``layer`` on ``target``'s output (``target`` is the module at ``name`` in ``root``), and
+    remember the place so that :func:`restore` can put it back."""
+    for key, hook in list(target._forward_hooks.items()):  # (a stale hook of a replaced layer)
+        if isinstance(hook, CamDropAfter):
+            del target._forward_hooks[key]
+    target.camdrop = layer
+    target.register_forward_hook(CamDropAfter(target))
+    places: List[Tuple[str, nn.Module]] = root.__dict__.setdefault(_PLACES, [])
+    places[:] = [(n, l) for n, l in places if n != name] + [(name, layer)]
+
+
+def restore(root: nn.Module) -> int:
+    """Re-attach every layer whose module was replaced since ``convert``; returns how many were."""
+    places = root.__dict__.get(_PLACES)
+    if not places:
+        return 0
+    restored = 0
+    for name, layer in places:
+        try:
+            target = root.get_submodule(name)
+        except AttributeError:
+            continue  # (the structure above it changed: lost_message says so if nothing is left)
+        if not _hooked(target, layer):
+            attach(root, name, target, layer)
+            restored += 1
+    return restored
+
+
+def lost_message(root: nn.Module) -> str:
+    places = root.__dict__.get(_PLACES)
+    if not places:
+        return ""
+    return (f" (convert placed {len(places)} layers in this model, at {places[0][0]!r} and others, but none is "
+            "reachable now: was the model restructured after convert? Convert it again)")
