@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from . import state
 from .options import Options, words_per_plane
-from .validation import FLOAT_DTYPES
+from .validation import FLOAT_DTYPES, may_overlap
 _ITEMSIZE = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8, torch.int32: 4,
              torch.int64: 8}
 
@@ -108,7 +109,7 @@ def writable(x: Tensor) -> None:
         fail(ValueError, "x is an efficient zero tensor, which cannot be written in place")
     if x.is_inference() and not torch.is_inference_mode_enabled():
         fail(RuntimeError, "inplace update to inference tensor x outside InferenceMode is not allowed")
-    if torch._debug_has_internal_overlap(x) == 1:
+    if may_overlap(x):
         fail(ValueError, "x has overlapping elements (an expanded or as_strided tensor) and cannot be written in "
                          "place")
 
@@ -132,3 +133,14 @@ def readable(t: Tensor, name: str) -> Tensor:
     if not t.data_ptr():
         fail(ValueError, f"{name} has elements but no memory (data pointer 0)")
     return t
+
+
+def no_tangent(*tensors: Tensor) -> None:
+    """Refuse dual tensors (forward-mode AD) handed to the ops directly: their tangent would be
+    dropped without a word. ``camdrop_kernels.camdrop`` and the layers support forward-mode AD."""
+    if _fwad._current_level >= 0:
+        for t in tensors:
+            if _fwad.unpack_dual(t).tangent is not None:
+                fail(RuntimeError, "forward-mode AD through torch.ops.camdrop_kernels directly is not supported (the "
+                                   "tangent would be lost): call camdrop_kernels.camdrop (or a CamDrop layer), which "
+                                   "supports it")

@@ -12,6 +12,7 @@ import torch.fx
 from torch import nn
 
 from . import api, validation
+from .guidance import self_guidance
 from .guide import Guide
 from .options import Options
 from .philox import make_seed
@@ -35,6 +36,7 @@ def _fx_call(layer: nn.Module, *args: torch.Tensor) -> torch.Tensor:
 
 
 torch.fx.wrap("_fx_call")
+torch.fx.wrap("self_guidance")  # (a traced self-guided root layer records it as one node)
 
 
 def _fx_tracer(x) -> Optional[torch.fx.Tracer]:
@@ -210,9 +212,8 @@ class CamDropNd(nn.Module):
                 raise RuntimeError(f"torch.fx cannot trace a bound {type(self).__name__} by itself (its targets come "
                                    "from the model's targets block): trace the model that holds it, or pass cam and "
                                    "alpha")
-            from .guidance import self_guidance  # (traced: recorded as its ops)
-
-            cam, alpha = self_guidance(x)
+            guidance = self_guidance(x)
+            cam, alpha = guidance[0], guidance[1]
         fn = {1: api.camdrop1d, 2: api.camdrop, 3: api.camdrop3d}[self.rank]
         o = self.options
         return fn(x, cam, alpha, self._p, o.block_size, top_pixels=o.top_pixels, top_channels=o.top_channels,

@@ -56,6 +56,7 @@ def _forward_kernel(device_type: str):
     def camdrop(x, cam, alpha, seed, drop_prob, options):
         opts = checks.state_inputs(x, cam, alpha, seed, drop_prob, options)
         checks.values(seed, drop_prob)
+        checks.no_tangent(x)
         y = torch.empty_like(x)
         out = state.allocate(x, opts)
         if x.numel() == 0:
@@ -85,6 +86,7 @@ def _apply_kernel(device_type: str):
     def camdrop_apply(x, slots, bits, scale):
         checks.apply_inputs(x, slots, bits, scale)
         checks.state_memory(slots, bits, scale)
+        checks.no_tangent(x)
         y = torch.empty_like(x)
         if x.numel():
             backends.select(device_type).apply(checks.readable(x, "x"), y, slots, bits, scale)

@@ -54,7 +54,12 @@ def attach(root: nn.Module, name: str, target: nn.Module, layer: nn.Module) -> N
     target.camdrop = layer
     target.register_forward_hook(CamDropAfter(target))
     places: List[Tuple[str, nn.Module]] = root.__dict__.setdefault(_PLACES, [])
-    places[:] = [(n, l) for n, l in places if n != name] + [(name, layer)]
+    for i, (known, _) in enumerate(places):
+        if known == name:
+            places[i] = (name, layer)
+            break
+    else:
+        places.append((name, layer))
 
 
 def restore(root: nn.Module) -> int:
@@ -63,15 +68,26 @@ def restore(root: nn.Module) -> int:
     if not places:
         return 0
     restored = 0
-    for name, layer in places:
+    for name, layer in list(places):
         try:
             target = root.get_submodule(name)
         except AttributeError:
-            continue  # (the structure above it changed: lost_message says so if nothing is left)
+            continue  # (the structure above it changed: see lost)
         if not _hooked(target, layer):
             attach(root, name, target, layer)
             restored += 1
     return restored
+
+
+def lost(root: nn.Module) -> list:
+    """The names of places whose module no longer exists in the model (its layer cannot run)."""
+    names = []
+    for name, _ in root.__dict__.get(_PLACES, ()):
+        try:
+            root.get_submodule(name)
+        except AttributeError:
+            names.append(name)
+    return names
 
 
 def lost_message(root: nn.Module) -> str:

@@ -55,6 +55,12 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     if not layers:
         raise ValueError("the model has no CamDrop layers: add them first (camdrop_kernels.convert)"
                          + placement.lost_message(root))
+    gone = placement.lost(root)
+    if gone:
+        warnings.warn(f"camdrop_kernels: {len(gone)} CamDrop layers that convert placed cannot run: the modules "
+                      f"they drop after ({', '.join(map(repr, gone[:4]))}{', ...' if len(gone) > 4 else ''}) are no "
+                      "longer in the model (restructured after convert?); convert the model again", RuntimeWarning,
+                      stacklevel=3)
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a tensor: class indices (N,) or soft targets (N, K); got "
                         f"{type(targets).__name__}")
