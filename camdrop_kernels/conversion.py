@@ -371,13 +371,18 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
       levels where the model has them (a level spans the modules after the previous level's
       module up to its own, e.g. EfficientNet's ``blocks.3`` and ``blocks.4``), else
       torchvision's ``layer1``..``layer4``, or its ``features``/``trunk_output`` Sequential split
-      at each downsampling child (1x1 head convs left out). A stage's blocks are the composite
+      at each downsampling child: a strided conv block, or a pooling child (VGG, AlexNet,
+      SqueezeNet) or DenseNet transition, which starts the level but holds no block (1x1 head
+      convs left out). A stage's blocks are the composite
       children of a plain Sequential stage (or the stage itself if it has none), else a run of
       two or more same-class children (timm RegNet), else the same inside a ``blocks``-like
-      Sequential child (timm ConvNeXt), else the stage itself. In each block the layer goes in the library's own slot where it has one (timm's ``drop_block``;
-      the BN after a torchvision ResNet block's 3x3 conv), else on the block's output;
+      Sequential child (timm ConvNeXt), else the stage itself. In each block the layer goes
+      in the library's own slot where it has one (timm's ``drop_block``, replacing the
+      DropBlock2d a ``drop_block_rate`` model keeps there; the BN after a torchvision ResNet
+      block's 3x3 conv), else on the block's output;
     - a module name (``"layer4.1.bn1"``), a glob (``"stages.3.blocks.*"``: ``*`` and ``?``
-      within one dotted segment, ``**`` across segments, ``[...]`` a class), a regex
+      within one dotted segment, ``**`` across segments, ``[...]`` a class as in fnmatch:
+      ``[2-4]``, ``[!1-3]``), a regex
       (``"re:blocks\\.[56]\\.\\d+"``, full match), a submodule object, or a list of these: the
       output of every module matched (each item must match one at least).
 
@@ -591,7 +596,8 @@ def _is_weighted(module: nn.Module) -> bool:
     return any(p.dim() >= 2 for p in module.parameters(recurse=False))
 
 
-def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *, strict: bool = True) -> Optional[HeadLayout]:
+def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
+                strict: bool = True) -> Optional[HeadLayout]:
     """How ``classifier`` (default: :func:`find_classifier`) reads the channels of the map the
     model's head pools, from the modules registered between that map and the classifier (no
     forward pass): a :class:`HeadLayout`, or a ValueError that names the layout and says what to
@@ -623,8 +629,8 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *, str
     name = named[index][0]
     model_name = type(model).__name__
     if _conv_rank(classifier) is not None and not _is_pointwise_conv(classifier):
-        raise ValueError(f"the classifier {_describe(name, classifier)} of {model_name} is a conv with a spatial kernel: "
-                       "it is no classifier on pooled channels; pass classifier= the final linear layer")
+        raise ValueError(f"the classifier {_describe(name, classifier)} of {model_name} is a conv with a spatial "
+                         "kernel: it is no classifier on pooled channels; pass classifier= the final linear layer")
     if weight is None or not hasattr(weight, "dim") or weight.dim() < 2:
         raise ValueError(f"the classifier {name!r} of {model_name} ({type(classifier).__name__}) has no 2-D weight: "
                        "pass classifier= the final linear layer")
@@ -687,8 +693,8 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *, str
                 f"layer on the {channels} channels (nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear({channels}, "
                 "num_classes)), or pass classifier= a linear layer that reads the pooled channels")
         if cells is None:
-            raise ValueError(f"cannot tell how many values per channel {pool_text} of {model_name} gives (an output size "
-                           "of None keeps the input's): pass classifier= a layer on globally pooled channels")
+            raise ValueError(f"cannot tell how many values per channel {pool_text} of {model_name} gives (an output "
+                             "size of None keeps the input's): pass classifier= a layer on globally pooled channels")
         if features % (copies * cells):
             raise ValueError(f"the classifier {cls_text} of {model_name} reads {features} features, not a multiple of "
                            f"the {copies * cells} values per channel that {pool_text} gives: pass classifier= the "

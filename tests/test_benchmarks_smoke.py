@@ -109,7 +109,8 @@ def test_every_benchmark_shape_drops_at_its_block_size():
         "for shape in shapes:\n"
         "    x, cam, alpha = make_inputs(shape, torch.float32, 'contiguous')\n"
         "    fn = {3: ck.camdrop1d, 4: ck.camdrop, 5: ck.camdrop3d}[len(shape)]\n"
-        "    out['x'.join(map(str, shape))] = (block_size_for(shape), dropped_share(fn(x, cam, alpha, 0.1, block_size_for(shape))))\n"
+        "    block = block_size_for(shape)\n"
+        "    out['x'.join(map(str, shape))] = (block, dropped_share(fn(x, cam, alpha, 0.1, block)))\n"
         "print(json.dumps(out))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "benchmarks", capture_output=True, text=True,
                           timeout=600, env=dict(os.environ, CAMDROP_BENCH_SMOKE="0", CUDA_VISIBLE_DEVICES=""))

@@ -144,8 +144,8 @@ def test_catavgmax_guides_each_channel_by_its_own_weights():
 def test_mlp_heads_are_refused_with_what_to_do(build, hidden):
     """A hidden layer between the pooling and the classifier: no channel has weights of its own."""
     model = meta(build)
-    message = (rf"reads a hidden layer \({re.escape(hidden)}\) after the pooling .* Replace the head by global pooling and "
-               r"one linear layer .* or pass classifier= a linear layer that reads the pooled channels")
+    message = (rf"reads a hidden layer \({re.escape(hidden)}\) after the pooling .* Replace the head by global "
+               r"pooling and one linear layer .* or pass classifier= a linear layer that reads the pooled channels")
     with pytest.raises(ValueError, match=message):
         head_layout(model)
     conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
@@ -171,7 +171,8 @@ def test_mlp_head_replaced_by_a_linear_one_converts():
     (lambda: tv.resnet18(), "fc", 512, "avgpool: AdaptiveAvgPool2d(output_size=(1, 1))"),
     (lambda: tv.video.r3d_18(), "fc", 512, "avgpool: AdaptiveAvgPool3d(output_size=(1, 1, 1))"),
     (lambda: tv.efficientnet_b0(), "classifier.1", 1280, "avgpool: AdaptiveAvgPool2d(output_size=1)"),
-    (lambda: tv.convnext_tiny(), "classifier.2", 768, "avgpool: AdaptiveAvgPool2d(output_size=1)"),  # LayerNorm2d between
+    # (ConvNeXt: a LayerNorm2d and a Flatten between the pooling and the classifier)
+    (lambda: tv.convnext_tiny(), "classifier.2", 768, "avgpool: AdaptiveAvgPool2d(output_size=1)"),
     (lambda: tv.regnet_y_400mf(), "fc", 440, "avgpool: AdaptiveAvgPool2d(output_size=(1, 1))"),
     (lambda: tv.googlenet(init_weights=False, aux_logits=False), "fc", 1024,
      "avgpool: AdaptiveAvgPool2d(output_size=(1, 1))"),
@@ -357,7 +358,8 @@ def test_features_stages_are_resolution_levels(name):
                 tensor.fill_(0.5 if tensor.dim() else 1)
     sizes = {}
     hooks = [model.get_submodule(p.name).register_forward_hook(
-        lambda m, a, out, n=p.name: sizes.__setitem__(n, tuple(out.shape[2:]))) for p in ck.conversion_places(model, count)]
+        lambda m, a, out, n=p.name: sizes.__setitem__(n, tuple(out.shape[2:])))
+        for p in ck.conversion_places(model, count)]
     with torch.no_grad():
         model.features.eval()(torch.ones(1, 3, side, side))
     for h in hooks:
