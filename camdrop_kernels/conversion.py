@@ -632,15 +632,18 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
         raise ValueError(f"the classifier {_describe(name, classifier)} of {model_name} is a conv with a spatial "
                          "kernel: it is no classifier on pooled channels; pass classifier= the final linear layer")
     if weight is None or not hasattr(weight, "dim") or weight.dim() < 2:
-        raise ValueError(f"the classifier {name!r} of {model_name} ({type(classifier).__name__}) has no 2-D weight: "
-                       "pass classifier= the final linear layer")
+        raise ValueError(f"the classifier {name!r} of {model_name} ({type(classifier).__name__}) has no 2-D "
+                         "weight: pass classifier= the final linear layer")
     features = int(weight.shape[1])
-    # Modules inside a feature block: under an ancestor (not the root) that holds a spatial conv.
+    # Modules inside a feature block: under an ancestor that holds a spatial conv, other than the
+    # root and the classifier's own ancestors (a Sequential holding convs, pooling and the head).
+    ancestors = {".".join(name.split(".")[:k]) for k in range(1, len(name.split(".")))}
     spatial_ancestors = set()
     for other_name, other in named:
         if other_name and _is_spatial_conv(other):
             parts = other_name.split(".")
             spatial_ancestors.update(".".join(parts[:k]) for k in range(1, len(parts)))
+    spatial_ancestors -= ancestors
 
     def in_features(unit_name: str) -> bool:
         parts = unit_name.split(".")
@@ -656,14 +659,12 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
         if skip is not None or not any(True for _ in unit.children()) or any(
                 True for _ in unit.parameters(recurse=False)):
             units.append((unit_name, unit))
-    ancestors = {".".join(name.split(".")[:k]) for k in range(1, len(name.split(".")))}
-    hidden, flatten, pool, feature_side = [], False, None, []
+    hidden, flatten, pool = [], False, None
     for unit_name, unit in reversed(units):
         if unit_name in ancestors:
             continue
         if in_features(unit_name) or _is_spatial_conv(unit) or isinstance(unit, _SPATIAL_POOLS):
-            feature_side = [(unit_name, unit)]
-            break
+            break  # the feature extractor: the model pools in forward
         if _pool_of(unit) is not None:
             pool = (unit_name, unit)
             break
@@ -696,9 +697,9 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
             raise ValueError(f"cannot tell how many values per channel {pool_text} of {model_name} gives (an output "
                              "size of None keeps the input's): pass classifier= a layer on globally pooled channels")
         if features % (copies * cells):
-            raise ValueError(f"the classifier {cls_text} of {model_name} reads {features} features, not a multiple of "
-                           f"the {copies * cells} values per channel that {pool_text} gives: pass classifier= the "
-                           "layer that reads the pooled channels")
+            raise ValueError(f"the classifier {cls_text} of {model_name} reads {features} features, not a multiple "
+                             f"of the {copies * cells} values per channel that {pool_text} gives: pass classifier= "
+                             "the layer that reads the pooled channels")
         return HeadLayout(name, features // (copies * cells), features, copies, cells, pool_text)
 
     # No pooling module: the model pools (or flattens) in its forward, or the classifier is a conv.

@@ -240,6 +240,19 @@ def test_squeezenet_converts_and_drops():
     assert sum(float(layer.last_dropped.sum()) for layer in ck.camdrop_layers(model)) > 0
 
 
+def test_an_mlp_head_in_the_features_sequential_is_refused():
+    """The head inside the same Sequential as the convs (a one-Sequential model): still a head."""
+    mlp = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, CLASSES))
+    with pytest.raises(ValueError, match=r"reads a hidden layer \(5: Linear\(8 -> 16\)\) after the pooling \(3: "):
+        ck.convert(mlp, where="0")
+    body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, CLASSES))
+    net = nn.Module()
+    net.body = body
+    assert head_layout(net, body[5]) == HeadLayout("body.5", 8, 8, 1, 1, "body.3: AdaptiveAvgPool2d(output_size=1)")
+
+
 def test_a_head_without_pooling_is_refused():
     model = meta(timm.create_model, "resnet18", num_classes=CLASSES)
     model.reset_classifier(CLASSES, global_pool="")
