@@ -48,21 +48,34 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def contenders(device: torch.device, rank: int = 2) -> Dict[str, Callable]:
-    """Name -> factory, for what is installed and runs on ``device`` for maps of ``rank``."""
+def block_size_for(shape) -> int:
+    """The block size ``convert`` gives the stage a map of this size is in: ResNet at 224 px has 7x7
+    maps in its last stage (block 3) and 14x14 in the one before (block 5); DropBlock's 7 elsewhere.
+    (Block 7 on a 7x7 map has one valid centre and drops nothing: a benchmark that drops nothing
+    proves nothing there.)"""
+    from camdrop_kernels.conversion import _BLOCK_SIZE_FROM_LAST, _UNSTAGED_BLOCK_SIZE
+
+    side = min(shape[2:])
+    stage = 0 if side <= 7 else 1 if side <= 14 else None
+    return _BLOCK_SIZE_FROM_LAST.get(stage, _UNSTAGED_BLOCK_SIZE)
+
+
+def contenders(device: torch.device, rank: int = 2, block_size: int = BLOCK_SIZE) -> Dict[str, Callable]:
+    """Name -> factory, for what is installed and runs on ``device`` for maps of ``rank``, every
+    block-based contender at ``block_size``."""
     found: Dict[str, Callable] = {}
     fn = FUNCTIONS[rank]
     for mode in ("eligible", "dropblock"):
-        kw = dict(drop_prob=DROP_PROB, block_size=BLOCK_SIZE, gamma_mode=mode)
+        kw = dict(drop_prob=DROP_PROB, block_size=block_size, gamma_mode=mode)
         found[f"camdrop[{mode}]"] = lambda x, cam, alpha, kw=kw: (lambda: fn(x, cam, alpha, **kw))
-    plain = dict(drop_prob=DROP_PROB, block_size=BLOCK_SIZE)
+    plain = dict(drop_prob=DROP_PROB, block_size=block_size)
     if device.type == "cpu" and backends.native_available():
         found["camdrop[plain torch]"] = lambda x, cam, alpha: (lambda: _using("plain", fn, x, cam, alpha, plain))
     if device.type == "cuda" and backends.triton_available():
         found["camdrop[torch fallback]"] = lambda x, cam, alpha: (lambda: fn(x, cam, alpha, **plain, backend="torch"))
     found["reference"] = lambda x, cam, alpha: (lambda: REFERENCES[rank](x, cam, alpha, **plain))
     if rank == 2:
-        found["naive_camdrop"] = lambda x, cam, alpha: (lambda: naive_camdrop(x, cam, alpha))
+        found["naive_camdrop"] = lambda x, cam, alpha: (lambda: naive_camdrop(x, cam, alpha, block_size=block_size))
 
     def multiply(x, cam, alpha):
         scale = torch.tensor(1.0 / (1.0 - DROP_PROB), dtype=x.dtype, device=x.device)
@@ -75,16 +88,16 @@ def contenders(device: torch.device, rank: int = 2) -> Dict[str, Callable]:
         from timm.layers.drop import drop_block_2d
 
         found["timm.drop_block_2d[coupled]"] = lambda x, cam, alpha: (
-            lambda: drop_block_2d(x, DROP_PROB, BLOCK_SIZE, couple_channels=True))
+            lambda: drop_block_2d(x, DROP_PROB, block_size, couple_channels=True))
         found["timm.drop_block_2d[per channel]"] = lambda x, cam, alpha: (
-            lambda: drop_block_2d(x, DROP_PROB, BLOCK_SIZE, couple_channels=False))
+            lambda: drop_block_2d(x, DROP_PROB, block_size, couple_channels=False))
     if _have("torchvision"):
         from torchvision.ops import drop_block2d, drop_block3d
 
         if rank == 2:
-            found["torchvision.drop_block2d"] = lambda x, cam, alpha: (lambda: drop_block2d(x, DROP_PROB, BLOCK_SIZE))
+            found["torchvision.drop_block2d"] = lambda x, cam, alpha: (lambda: drop_block2d(x, DROP_PROB, block_size))
         if rank == 3:
-            found["torchvision.drop_block3d"] = lambda x, cam, alpha: (lambda: drop_block3d(x, DROP_PROB, BLOCK_SIZE))
+            found["torchvision.drop_block3d"] = lambda x, cam, alpha: (lambda: drop_block3d(x, DROP_PROB, block_size))
     return found
 
 

@@ -2,7 +2,9 @@
 DropBlock at the CPU benchmark shapes (forward, forward+backward, channels_last), and a tiny call
 against F.dropout, called in turn in interleaved rounds. Each ratio is the median over rounds of a
 contender's time over the first contender's in the same round, which cancels a shared VM's slow
-spells (single medians drift 20-40% between minutes here, paired ratios about 10%).
+spells (single medians drift 20-40% between minutes here, paired ratios about 10%). The block size
+is convert's for the map's stage (3 at 7x7, 5 at 14x14, 7 above), and each forward prints the
+share it dropped beside its time.
 
 Usage: python benchmarks/paired.py [reps] [out.json] [threads]
 """
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers.drop import drop_block_2d
 
 import camdrop_kernels as ck
+from contenders import block_size_for, dropped_share
 
 
 def interleaved(fns: dict, reps: int):
@@ -57,24 +60,30 @@ def main(reps: int, threads: int) -> dict:
                 def wrap(f, x=x, dy=dy, kind=kind):
                     return f if kind == "forward" else (lambda: torch.autograd.grad(f(), x, dy))
 
+                b = block_size_for(shape)  # convert's block size for the map's stage: 3 at 7x7, 5 at 14x14
                 fns = {"multiply": wrap(lambda: x * s),
-                       "eligible": wrap(lambda: ck.camdrop(x, cam, alpha, 0.1, 7, gamma_mode="eligible")),
-                       "dropblock": wrap(lambda: ck.camdrop(x, cam, alpha, 0.1, 7, gamma_mode="dropblock")),
-                       "timm coupled": wrap(lambda: drop_block_2d(x, 0.1, 7, couple_channels=True))}
+                       "eligible": wrap(lambda: ck.camdrop(x, cam, alpha, 0.1, b, gamma_mode="eligible")),
+                       "dropblock": wrap(lambda: ck.camdrop(x, cam, alpha, 0.1, b, gamma_mode="dropblock")),
+                       "timm coupled": wrap(lambda: drop_block_2d(x, 0.1, b, couple_channels=True))}
                 times, ratios = interleaved(fns, reps)
+                with torch.no_grad():
+                    dropped = {k: dropped_share(f()) for k, f in fns.items() if k != "multiply" and kind == "forward"}
                 key = f"{kind} {'x'.join(map(str, shape))}{' CL' if cl else ''}"
-                out[key] = dict({k: v * 1e3 for k, v in times.items()}, ratios=ratios)
-                print(f"{key:32s}", " ".join(f"{k} {v * 1e3:.3f}ms ({ratios[k]:.2f}x)" for k, v in times.items()),
-                      flush=True)
+                out[key] = dict({k: v * 1e3 for k, v in times.items()}, ratios=ratios, block_size=b, dropped=dropped)
+                print(f"{key:32s} block {b}", " ".join(
+                    f"{k} {v * 1e3:.3f}ms ({ratios[k]:.2f}x" + (f", {100 * dropped[k]:.2f}% dropped)" if k in dropped
+                                                               else ")") for k, v in times.items()), flush=True)
     torch.set_num_threads(1)
     x, cam, alpha = make((2, 16, 8, 8))
-    times, ratios = interleaved({
-        "F.dropout": lambda: F.dropout(x, 0.1),
-        "camdrop": lambda: ck.camdrop(x, cam, alpha, 0.1, 3, gamma_mode="eligible"),
-        "camdrop dropblock": lambda: ck.camdrop(x, cam, alpha, 0.1, 3, gamma_mode="dropblock"),
-        "timm coupled": lambda: drop_block_2d(x, 0.1, 3, couple_channels=True)}, reps * 20)
-    out["tiny"] = dict({k: v * 1e6 for k, v in times.items()}, ratios=ratios)
-    print("tiny (2,16,8,8) 1 thread", " ".join(f"{k} {v * 1e6:.1f}us ({ratios[k]:.2f}x)" for k, v in times.items()))
+    tiny = {"F.dropout": lambda: F.dropout(x, 0.1),
+            "camdrop": lambda: ck.camdrop(x, cam, alpha, 0.1, 3, gamma_mode="eligible"),
+            "camdrop dropblock": lambda: ck.camdrop(x, cam, alpha, 0.1, 3, gamma_mode="dropblock"),
+            "timm coupled": lambda: drop_block_2d(x, 0.1, 3, couple_channels=True)}
+    times, ratios = interleaved(tiny, reps * 20)
+    dropped = {k: dropped_share(f()) for k, f in tiny.items()}
+    out["tiny"] = dict({k: v * 1e6 for k, v in times.items()}, ratios=ratios, block_size=3, dropped=dropped)
+    print("tiny (2,16,8,8) 1 thread, block 3", " ".join(f"{k} {v * 1e6:.1f}us ({ratios[k]:.2f}x, "
+                                                      f"{100 * dropped[k]:.2f}% dropped)" for k, v in times.items()))
     return out
 
 

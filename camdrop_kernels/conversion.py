@@ -17,6 +17,8 @@ EfficientNet stage's MBConvs), found as described in :func:`conversion_places`.
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from torch import nn
@@ -46,7 +48,7 @@ class Place(NamedTuple):
     name: str  # the module whose output is dropped (the layer replaces it when ``replace``)
     rank: int  # 1, 2 or 3: the map's spatial axes
     stage: Optional[int]  # counted from the last stage (0 = last); None when outside the known stages
-    replace: bool  # an nn.Identity slot (e.g. timm's drop_block) that the layer replaces
+    replace: bool  # an nn.Identity slot (e.g. timm's drop_block), or a DropBlock layer, that the layer replaces
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,19 +138,29 @@ def _downsamples(module: nn.Module) -> bool:
 
 def _torchvision_levels(model: nn.Module) -> Optional[List[List[str]]]:
     """Levels of torchvision's layouts: ResNet/VideoResNet layer1..layer4; a ``features`` (or
-    ``trunk_output``) Sequential split at each child that downsamples (the stem is level 0)."""
+    ``trunk_output``) Sequential split at each child that downsamples (the stem is level 0): a
+    strided conv block, or a child without a spatial conv that pools (VGG's and AlexNet's max
+    pooling, SqueezeNet's, DenseNet's transitions). Such a pooling child belongs to the level it
+    starts (its output is at that level's resolution) but holds no block; a level without a
+    spatial conv (VGG's final pooling) is no stage."""
     if all(isinstance(getattr(model, f"layer{i}", None), nn.Module) for i in range(1, 5)):
         return [[f"layer{i}"] for i in range(1, 5)]
     for attr in ("features", "trunk_output"):
         trunk = getattr(model, attr, None)
         if isinstance(trunk, nn.Sequential):
             levels: List[List[str]] = []
+            current: List[str] = []
+            has_conv = False  # does the current level hold a spatial conv yet?
             for name, child in trunk.named_children():
-                if not _has_spatial_conv(child):
-                    continue  # a 1x1 head conv, pooling, ...
-                if not levels or _downsamples(child):
-                    levels.append([])
-                levels[-1].append(f"{attr}.{name}")
+                spatial, down = _has_spatial_conv(child), _downsamples(child)
+                if down and has_conv:  # a strided conv block, or a pooling / transition child (VGG, DenseNet)
+                    levels.append(current)
+                    current, has_conv = [], False
+                if spatial or down:  # (1x1 head convs, activations and norms between stages are left out)
+                    current.append(f"{attr}.{name}")
+                    has_conv = has_conv or spatial
+            if has_conv:
+                levels.append(current)
             return levels or None
     return None
 
@@ -184,14 +196,39 @@ def _place_rank(model: nn.Module, name: str) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------
 # where -> places
 # ---------------------------------------------------------------------------------------------
+def _glob_class(body: str) -> str:
+    """The regex of a glob character class's body (between ``[`` and ``]``), as fnmatch reads it:
+    a leading ``!`` negates, ``a-z`` is a range (a reversed range matches nothing), every other
+    character is itself (``]`` first, ``-`` first or last, ``^``, ``\\``). A negated class does not
+    match ``.``: like ``?``, it stays within one name segment."""
+    negate = body.startswith("!")
+    if negate:
+        body = body[1:]
+    items, k = [], 0
+    while k < len(body):
+        if k + 2 < len(body) and body[k + 1] == "-":
+            lo, hi = body[k], body[k + 2]
+            if lo <= hi:
+                items.append(f"{re.escape(lo)}-{re.escape(hi)}")
+            k += 3
+        else:
+            items.append(re.escape(body[k]))
+            k += 1
+    if negate:
+        return "[^" + "".join(items) + r"\.]"
+    return "[" + "".join(items) + "]" if items else "(?!)"
+
+
 def _pattern(text: str) -> "re.Pattern[str]":
     """A module-name pattern: ``re:<regex>`` (full match), else a glob over dotted names in which
     ``*`` and ``?`` stay within one name segment, ``**`` spans any number of them, and ``[...]``
-    is a character class; a name without these characters matches itself only."""
+    is a character class as in fnmatch (``[2-4]`` a range, ``[!1-3]`` its negation, ``[]]`` a
+    ``]``); a ``[`` without a closing ``]`` is itself. A name without these characters matches
+    itself only."""
     if text.startswith("re:"):
         return re.compile(text[3:])
-    out, i = [], 0
-    while i < len(text):
+    out, i, n = [], 0, len(text)
+    while i < n:
         ch = text[i]
         if text.startswith("**", i):
             out.append(".*")
@@ -202,12 +239,16 @@ def _pattern(text: str) -> "re.Pattern[str]":
         elif ch == "?":
             out.append("[^.]")
         elif ch == "[":
-            end = text.find("]", i + 1)
+            j = i + 1
+            if j < n and text[j] == "!":
+                j += 1
+            if j < n and text[j] == "]":  # a ']' first in the class is itself
+                j += 1
+            end = text.find("]", j)
             if end < 0:
                 out.append(re.escape(ch))
             else:
-                body = text[i + 1:end]
-                out.append("[^" + re.escape(body[1:]) + "]" if body.startswith("!") else "[" + re.escape(body) + "]")
+                out.append(_glob_class(text[i + 1:end]))
                 i = end
         else:
             out.append(re.escape(ch))
@@ -258,17 +299,38 @@ def _stage_places(model: nn.Module, levels: List[List[str]], k: int) -> List[str
     places = []
     for level in levels[-k:]:
         for member in level:
-            for block in _blocks(model.get_submodule(member)):
+            module = model.get_submodule(member)
+            if not _has_spatial_conv(module):
+                continue  # a pooling or transition child that starts the level, a stem's norm: no block
+            for block in _blocks(module):
                 places.append(_slot(block, names[block]))
     return places
 
 
+def _dropblock_types() -> Tuple[type, ...]:
+    """The DropBlock layers a library may keep in a block (timm's DropBlock2d, from
+    ``drop_block_rate``; torchvision.ops' DropBlock2d/3d), among the modules already imported (a
+    model cannot hold a class whose module was never imported)."""
+    found = []
+    for module_name, names in (("timm.layers.drop", ("DropBlock2d",)),
+                               ("torchvision.ops.drop_block", ("DropBlock2d", "DropBlock3d"))):
+        module = sys.modules.get(module_name)
+        found += [getattr(module, n) for n in names if isinstance(getattr(module, n, None), type)]
+    return tuple(found)
+
+
 def _slot(block: nn.Module, name: str) -> str:
     """Where in a block the layer goes: the library's own slot where it has one (timm's
-    ``drop_block``; torchvision ResNet blocks: the BN after the 3x3 conv, as convert_resnet), else
-    the block's output."""
-    if isinstance(getattr(block, "drop_block", None), (nn.Identity, CamDropNd)):
+    ``drop_block``, empty or holding timm's DropBlock2d, which the layer replaces; a DropBlock
+    elsewhere in the block, e.g. in the norm-act of timm ByobNet's 3x3 conv; torchvision ResNet
+    blocks: the BN after the 3x3 conv, as convert_resnet), else the block's output."""
+    dropblocks = _dropblock_types()
+    if isinstance(getattr(block, "drop_block", None), (nn.Identity, CamDropNd) + dropblocks):
         return f"{name}.drop_block"
+    if dropblocks:
+        inner = [n for n, m in block.named_modules() if n and isinstance(m, dropblocks)]
+        if inner:
+            return f"{name}.{inner[0]}"
     try:
         from torchvision.models.resnet import BasicBlock, Bottleneck
     except ImportError:  # pragma: no cover
@@ -299,13 +361,18 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
       levels where the model has them (a level spans the modules after the previous level's
       module up to its own, e.g. EfficientNet's ``blocks.3`` and ``blocks.4``), else
       torchvision's ``layer1``..``layer4``, or its ``features``/``trunk_output`` Sequential split
-      at each downsampling child (1x1 head convs left out). A stage's blocks are the composite
+      at each downsampling child: a strided conv block, or a pooling child (VGG, AlexNet,
+      SqueezeNet) or DenseNet transition, which starts the level but holds no block (1x1 head
+      convs left out). A stage's blocks are the composite
       children of a plain Sequential stage (or the stage itself if it has none), else a run of
       two or more same-class children (timm RegNet), else the same inside a ``blocks``-like
-      Sequential child (timm ConvNeXt), else the stage itself. In each block the layer goes in the library's own slot where it has one (timm's ``drop_block``;
-      the BN after a torchvision ResNet block's 3x3 conv), else on the block's output;
+      Sequential child (timm ConvNeXt), else the stage itself. In each block the layer goes
+      in the library's own slot where it has one (timm's ``drop_block``, replacing the
+      DropBlock2d a ``drop_block_rate`` model keeps there; the BN after a torchvision ResNet
+      block's 3x3 conv), else on the block's output;
     - a module name (``"layer4.1.bn1"``), a glob (``"stages.3.blocks.*"``: ``*`` and ``?``
-      within one dotted segment, ``**`` across segments, ``[...]`` a class), a regex
+      within one dotted segment, ``**`` across segments, ``[...]`` a class as in fnmatch:
+      ``[2-4]``, ``[!1-3]``), a regex
       (``"re:blocks\\.[56]\\.\\d+"``, full match), a submodule object, or a list of these: the
       output of every module matched (each item must match one at least).
 
@@ -340,7 +407,8 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
         if place_rank is None:
             raise ValueError(f"cannot tell the rank of the map at {name!r} (no Conv1d/2d/3d in or before it): pass "
                              "rank=1, 2 or 3")
-        places.append(Place(name, place_rank, _stage_of(name, levels), isinstance(module, nn.Identity)))
+        places.append(Place(name, place_rank, _stage_of(name, levels),
+                            isinstance(module, (nn.Identity,) + _dropblock_types())))
     return places
 
 
@@ -355,10 +423,23 @@ def _last_linear(module: nn.Module) -> Optional[nn.Module]:
     return found
 
 
+def _is_pointwise_conv(module: nn.Module) -> bool:
+    return _conv_rank(module) is not None and all(k == 1 for k in module.kernel_size)
+
+
+def _last_pointwise_conv(module: nn.Module) -> Optional[nn.Module]:
+    found = None
+    for m in module.modules():
+        if _is_pointwise_conv(m):
+            found = m
+    return found
+
+
 def find_classifier(model: nn.Module) -> nn.Module:
-    """The final nn.Linear that guides CamDrop: timm's ``get_classifier()``, else torchvision's
-    ``fc`` / ``classifier`` / ``head`` / ``heads`` (the last Linear inside a Sequential), else
-    the model's last nn.Linear."""
+    """The final layer that guides CamDrop: timm's ``get_classifier()``, else torchvision's
+    ``fc`` / ``classifier`` / ``head`` / ``heads`` (the last Linear inside a Sequential, else its
+    last 1x1 conv: a conv classifier such as SqueezeNet's), else the model's last nn.Linear.
+    Whether its layout can guide CamDrop is :func:`head_layout`'s question."""
     model = _unwrap(model)
     name = type(model).__name__
     head, where_from = None, None
@@ -381,11 +462,290 @@ def find_classifier(model: nn.Module) -> nn.Module:
             raise ValueError(f"cannot find the classifier of {name} (no nn.Linear): pass classifier= the final linear "
                              "layer (a module with a 2-D (num_classes, features) weight)")
         return linear
-    linear = head if isinstance(head, nn.Linear) else _last_linear(head)
+    linear = head if isinstance(head, nn.Linear) else (_last_linear(head) or _last_pointwise_conv(head))
     if linear is None:
         raise ValueError(f"the model's classifier ({name}{where_from}) is a {type(head).__name__}, not an nn.Linear "
                          "(was the model created with num_classes=0?): pass classifier= the final linear layer")
     return linear
+
+
+# -- the head's layout: how the classifier's features come from the pooled map's channels ---------
+class HeadLayout(NamedTuple):
+    """How the classifier's input features come from the channels of the map its head pools.
+
+    The classifier (``name``, a (K, ``features``) weight) reads ``features = copies * channels *
+    cells`` values: the pooled map's ``channels``, each pooled to ``cells`` values (an adaptive
+    pool to a grid, flattened channel-major: VGG's 7x7 gives 49), the whole repeated ``copies``
+    times (pooled copies concatenated along the features: timm's ``catavgmax`` gives [avg(C),
+    max(C)], 2). Feature ``f`` belongs to channel ``(f // cells) % channels``.
+
+    A channel's evidence for class k is the sum of its own weights, :meth:`fold`: for every pooling
+    timm and torchvision offer that is the class score's gradient with respect to the channel's
+    map, summed over the map (avg: w / P at each of P pixels; max: w at the arg max; avgmax:
+    w/2 + w/2), i.e. Grad-CAM's channel weight, which for plain average pooling is the CAM's own
+    weight. Only the ranking of channels and pixels uses it, so a constant factor (the mean
+    instead of the sum) changes nothing.
+    """
+
+    name: str  # the classifier's name in the model
+    channels: int  # C: channels of the map the head pools
+    features: int  # C': the classifier's input features
+    copies: int = 1  # pooled copies concatenated along the features (catavgmax: 2)
+    cells: int = 1  # values per channel and copy (an adaptive pool to a grid: its cells)
+    pool: str = ""  # what convert saw, for messages: "global_pool: SelectAdaptivePool2d('catavgmax')"
+
+    @property
+    def kind(self) -> str:
+        """'identity' (feature c is channel c), 'cells' (consecutive groups of ``cells``: what
+        channel_importance's grouping already reads right), 'concat' (copies of C side by side),
+        or 'concat+cells'."""
+        if self.copies == 1:
+            return "identity" if self.cells == 1 else "cells"
+        return "concat" if self.cells == 1 else "concat+cells"
+
+    def fold(self, weight):
+        """(..., features) -> (..., channels): each channel's evidence, the sum of its weights over
+        copies and cells (a classifier weight (K, C') or the rows picked for a batch, (N, C'));
+        the tensor itself for the identity. A conv classifier's (K, C', 1, ...) weight is
+        flattened to (K, C') first."""
+        if weight.dim() > 2 and all(size == 1 for size in weight.shape[2:]):
+            weight = weight.flatten(1)
+        if self.copies == 1 and self.cells == 1:
+            return weight
+        return weight.reshape(*weight.shape[:-1], self.copies, self.channels, self.cells).sum((-3, -1))
+
+
+_POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_SPATIAL_POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._LPPoolNd)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _describe(name: str, module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        what = f"Linear({module.in_features} -> {module.out_features})"
+    elif _conv_rank(module) is not None:
+        kernel = "x".join(map(str, module.kernel_size))
+        what = f"{type(module).__name__}({module.in_channels} -> {module.out_channels}, {kernel})"
+    elif hasattr(module, "pool_type") and hasattr(module, "feat_mult"):
+        what = f"{type(module).__name__}(pool_type={module.pool_type!r})"
+    elif isinstance(module, _POOL_MODULES):
+        what = f"{type(module).__name__}(output_size={module.output_size})"
+    else:
+        what = type(module).__name__
+    return f"{name}: {what}" if name else what
+
+
+def _pool_of(module: nn.Module) -> Optional[Tuple[int, Optional[int]]]:
+    """(copies, cells) of a global pooling module (cells None: a grid it does not fix), or None when
+    ``module`` is not one. Copies 0: timm's pass-through (``pool_type=''``, no pooling at all)."""
+    cls = type(module).__name__
+    if hasattr(module, "pool_type") and callable(getattr(module, "feat_mult", None)):  # timm SelectAdaptivePool2d
+        if not module.pool_type:
+            return 0, None
+        inner = getattr(module, "pool", None)
+        inner = _pool_of(inner) if isinstance(inner, nn.Module) else None
+        return int(module.feat_mult()), (inner[1] if inner else 1)
+    copies = 2 if "CatAvgMax" in cls else 1
+    if isinstance(module, _POOL_MODULES) or cls in ("AdaptiveAvgMaxPool2d", "AdaptiveCatAvgMaxPool2d"):
+        size = module.output_size
+        rank = int(cls[-2]) if cls[-1] == "d" and cls[-2] in "123" else 2
+        sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,) * rank
+        if any(s is None for s in sizes):
+            return copies, None
+        cells = 1
+        for s in sizes:
+            cells *= int(s)
+        return copies, cells
+    if cls in ("FastAdaptiveAvgPool", "FastAdaptiveMaxPool", "FastAdaptiveAvgMaxPool", "FastAdaptiveCatAvgMaxPool"):
+        return copies, 1
+    return None
+
+
+def _channels_of(module: nn.Module) -> Optional[int]:
+    """The channels of a module's output, where its type says: convs, norms, linears."""
+    if _conv_rank(module) is not None:
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1]
+    return None
+
+
+def _is_weighted(module: nn.Module) -> bool:
+    """A module that mixes features with a weight matrix (a linear, a conv, an attention ...)."""
+    if isinstance(module, (nn.Linear, nn.Bilinear)) or _conv_rank(module) is not None:
+        return True
+    if isinstance(module, _NORMS):
+        return False
+    return any(p.dim() >= 2 for p in module.parameters(recurse=False))
+
+
+def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
+                strict: bool = True) -> Optional[HeadLayout]:
+    """How ``classifier`` (default: :func:`find_classifier`) reads the channels of the map the
+    model's head pools, from the modules registered between that map and the classifier (no
+    forward pass): a :class:`HeadLayout`, or a ValueError that names the layout and says what to
+    pass instead.
+
+    - A global pooling module before the classifier (torchvision's ``avgpool``, timm's
+      ``SelectAdaptivePool2d``: 'avg', 'max', 'avgmax', 'catavgmax' and their 'fast' forms, an
+      adaptive pool to a grid such as VGG's 7x7), with nothing that mixes features between them
+      (flatten, dropout, activations and per-channel norms such as ConvNeXt's LayerNorm2d pass):
+      the pool says how (copies, cells).
+    - A hidden layer between the pooling and the classifier (an MLP head: torchvision's VGG,
+      AlexNet, MobileNetV3; timm's ``head_hidden_size`` heads, MobileNetV3's ``conv_head``):
+      refused, as is a head without pooling (timm's ``global_pool=''``).
+    - No pooling module (the model pools in ``forward``, as torchvision's DenseNet,
+      MobileNetV2, ShuffleNet do): the map's channels are read from the last conv or norm before
+      the classifier; the classifier must read one feature per channel (or a visible
+      ``nn.Flatten`` of a grid, channel-major); a linear layer there may be a hidden layer or
+      act on each pixel, which convert cannot tell apart: refused when ``strict``, else (the
+      caller named the classifier) None, as for a classifier that is no submodule of the model.
+    """
+    model = _unwrap(model)
+    if classifier is None:
+        classifier = find_classifier(model)
+    named = list(model.named_modules())
+    index = next((i for i, (_, m) in enumerate(named) if m is classifier), None)
+    weight = getattr(classifier, "weight", None)
+    if index is None or not index:
+        return None  # not a submodule of the model (a probe the caller trains beside it): nothing to see
+    name = named[index][0]
+    model_name = type(model).__name__
+    if _conv_rank(classifier) is not None and not _is_pointwise_conv(classifier):
+        raise ValueError(f"the classifier {_describe(name, classifier)} of {model_name} is a conv with a spatial "
+                         "kernel: it is no classifier on pooled channels; pass classifier= the final linear layer")
+    if weight is None or not hasattr(weight, "dim") or weight.dim() < 2:
+        raise ValueError(f"the classifier {name!r} of {model_name} ({type(classifier).__name__}) has no 2-D "
+                         "weight: pass classifier= the final linear layer")
+    features = int(weight.shape[1])
+    # Modules inside a feature block: under an ancestor that holds a spatial conv, other than the
+    # root and the classifier's own ancestors (a Sequential holding convs, pooling and the head).
+    ancestors = {".".join(name.split(".")[:k]) for k in range(1, len(name.split(".")))}
+    spatial_ancestors = set()
+    for other_name, other in named:
+        if other_name and _is_spatial_conv(other):
+            parts = other_name.split(".")
+            spatial_ancestors.update(".".join(parts[:k]) for k in range(1, len(parts)))
+    spatial_ancestors -= ancestors
+
+    def in_features(unit_name: str) -> bool:
+        parts = unit_name.split(".")
+        return any(".".join(parts[:k]) in spatial_ancestors for k in range(1, len(parts)))
+
+    # Walk back from the classifier, over units: leaves, modules with weights of their own, pooling
+    # modules (whose children are skipped).
+    units, skip = [], None
+    for unit_name, unit in named[1:index]:
+        if skip is not None and unit_name.startswith(skip + "."):
+            continue
+        skip = unit_name if _pool_of(unit) is not None else None
+        if skip is not None or not any(True for _ in unit.children()) or any(
+                True for _ in unit.parameters(recurse=False)):
+            units.append((unit_name, unit))
+    hidden, flatten, pool = [], False, None
+    for unit_name, unit in reversed(units):
+        if unit_name in ancestors:
+            continue
+        if in_features(unit_name) or _is_spatial_conv(unit) or isinstance(unit, _SPATIAL_POOLS):
+            break  # the feature extractor: the model pools in forward
+        if _pool_of(unit) is not None:
+            pool = (unit_name, unit)
+            break
+        if _is_weighted(unit):
+            hidden.append((unit_name, unit))
+        flatten = flatten or isinstance(unit, nn.Flatten)
+    conv_classifier = weight.dim() > 2
+    cls_text = _describe(name, classifier)
+
+    if pool is not None:
+        pool_name, pool_module = pool
+        copies, cells = _pool_of(pool_module)
+        pool_text = _describe(pool_name, pool_module)
+        if copies == 0:
+            raise ValueError(
+                f"the head of {model_name} does not pool ({pool_text}): the classifier {cls_text} reads the whole "
+                "map, not one value per channel; create the model with global pooling (timm: global_pool='avg', "
+                "or reset_classifier(num_classes, global_pool='avg'))")
+        if hidden:
+            first = hidden[-1]  # the one next to the pooling
+            pooled = _in_features(first[1])
+            channels = pooled // (copies * cells) if cells and copies and pooled % (copies * cells) == 0 else pooled
+            raise ValueError(
+                f"the classifier {cls_text} of {model_name} reads a hidden layer ({_describe(*first)}) after the "
+                f"pooling ({pool_text}), not the pooled channels: an MLP head gives no channel its own weights, so "
+                "CamDrop has no class activation map to follow. Replace the head by global pooling and one linear "
+                f"layer on the {channels} channels (nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear({channels}, "
+                "num_classes)), or pass classifier= a linear layer that reads the pooled channels")
+        if cells is None:
+            raise ValueError(f"cannot tell how many values per channel {pool_text} of {model_name} gives (an output "
+                             "size of None keeps the input's): pass classifier= a layer on globally pooled channels")
+        if features % (copies * cells):
+            raise ValueError(f"the classifier {cls_text} of {model_name} reads {features} features, not a multiple "
+                             f"of the {copies * cells} values per channel that {pool_text} gives: pass classifier= "
+                             "the layer that reads the pooled channels")
+        return HeadLayout(name, features // (copies * cells), features, copies, cells, pool_text)
+
+    # No pooling module: the model pools (or flattens) in its forward, or the classifier is a conv.
+    if conv_classifier:
+        return HeadLayout(name, features, features, 1, 1, "the conv classifier's own pixels")
+    linear_hidden = [u for u in hidden if not _conv_rank(u[1])]
+    if linear_hidden:
+        if not strict:
+            return None
+        first = linear_hidden[0]  # the one next to the classifier
+        raise ValueError(
+            f"cannot tell how the classifier {cls_text} of {model_name} reads the map's channels: no pooling module "
+            f"comes before it, and {_describe(*first)} between them may be a hidden layer (an MLP head) or act on "
+            "each pixel. Make the pooling a module (nn.AdaptiveAvgPool2d(1) before the head) so that convert sees "
+            "it, or pass classifier= a linear layer that reads the pooled channels")
+    channels = None
+    for unit_name, unit in [u for u in reversed(units) if u[0] not in ancestors]:
+        channels = _channels_of(unit)
+        if channels is not None:
+            break
+    if channels is not None and channels == features:
+        return HeadLayout(name, channels, features, 1, 1, "pooled in forward")
+    if channels is not None and flatten and features % channels == 0:
+        return HeadLayout(name, channels, features, 1, features // channels, "a flattened map")
+    if not strict:
+        return None
+    seen = f"the map before it has {channels} channels" if channels else "no conv or norm before it shows the channels"
+    raise ValueError(
+        f"cannot tell how the classifier {cls_text} of {model_name} reads the map's channels: it takes {features} "
+        f"features, {seen}, and no pooling module says how they relate (the model pools or concatenates in "
+        "forward). Make the pooling a module (nn.AdaptiveAvgPool2d(1)) so that convert sees it, or pass "
+        "classifier= explicitly to guide by its weights as given (groups of consecutive features per channel)")
+
+
+def _in_features(module: nn.Module) -> int:
+    return module.in_features if isinstance(module, nn.Linear) else getattr(module, "in_channels", 0)
+
+
+def _unsupported_by_layers(layout: HeadLayout, classifier: nn.Module, model_name: str) -> Optional[str]:
+    """Why this version's CamDrop layers cannot take ``layout`` (they read a 2-D weight and average
+    consecutive features), or None. Layers that declare ``folds_head_layout`` take every layout
+    (see HeadLayout.fold)."""
+    if getattr(CamDropNd, "folds_head_layout", False):
+        return None
+    if classifier.weight.dim() > 2:
+        return (f"the classifier of {model_name} is a 1x1 convolution ({_describe(layout.name, classifier)}; "
+                f"{layout.pool}): its weight is each channel's own, but this version's CamDrop layers read a 2-D "
+                "(num_classes, features) weight. Replace it by an nn.Linear on the pooled channels, or guide "
+                "CamDrop layers explicitly (layer(x, cam, alpha))")
+    if layout.copies > 1:
+        return (f"the head of {model_name} concatenates {layout.copies} pooled copies of its {layout.channels} "
+                f"channels ({layout.pool}; the classifier {layout.name!r} reads {layout.features} features): "
+                "channel c's evidence is the sum of its weights in each copy, which this version's CamDrop layers "
+                "cannot fold (they would average channel c with the next channel's weights). Create the model "
+                "with one value per channel (timm: global_pool='avg', 'max' or 'avgmax', not 'catavgmax')")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,6 +794,7 @@ def convert(
     if "drop_prob_scale" in options:
         raise TypeError("convert sets drop_prob_scale itself (stage_scaling); pass stage_scaling=False for one rate")
     model_ = _unwrap(model)
+    named_classifier = classifier is not None
     self_guided = options.get("guidance", "classifier") == "self"
     if self_guided:
         if classifier is not None:
@@ -452,6 +813,15 @@ def convert(
     # The classifier's name, so that the layers follow a head replaced later (fine-tuning).
     classifier_path = None if self_guided else next((n for n, m in model_.named_modules() if m is classifier), None)
     places = conversion_places(model_, where, rank=rank)
+    # How the classifier reads the pooled channels (refused layouts raise here), before any change.
+    layout = head_layout(model_, classifier, strict=not named_classifier)
+    if layout is not None:
+        reason = _unsupported_by_layers(layout, classifier, type(model_).__name__)
+        if reason is not None:
+            raise ValueError(reason)
+        if getattr(CamDropNd, "folds_head_layout", False):
+            options = dict(options, head_layout=layout)
+    dropblocks = _dropblock_types()
     plans = []  # everything is checked before the model changes
     taken = {}  # the module each place drops after -> the place's name (two places must not share one)
     for place in places:
@@ -473,14 +843,34 @@ def convert(
         if not self_guided:
             layer.guide.bind(classifier, path=classifier_path)
         plans.append((place, module, layer))
+    replaced = []  # DropBlock layers whose slots CamDrop takes
     for place, module, layer in plans:
         if place.replace:
+            if dropblocks and isinstance(module, dropblocks):
+                replaced.append(place.name)
             parent_name, _, attr = place.name.rpartition(".")
             setattr(model_.get_submodule(parent_name), attr, layer)
         else:
             target, target_name = _hook_target(module, place.name)
             placement.attach(model_, target_name, target, layer)
+    if replaced:
+        warnings.warn(
+            f"convert replaced {len(replaced)} DropBlock layer{'s' if len(replaced) > 1 else ''} by CamDrop in "
+            f"their slots ({_shortlist(replaced)}): the model was created with DropBlock (timm: drop_block_rate, "
+            "train.py --drop-block), and CamDrop takes its place rather than running beside it. Create the model "
+            "without it to silence this warning", UserWarning, stacklevel=2)
+    if dropblocks:
+        left = [n for n, m in model_.named_modules() if isinstance(m, dropblocks)]
+        if left:
+            warnings.warn(
+                f"{len(left)} DropBlock layer{'s' if len(left) > 1 else ''} outside the converted places still "
+                f"run beside CamDrop ({_shortlist(left)}): convert those blocks too (where=) or create the model "
+                "without DropBlock (timm: drop_block_rate=0)", UserWarning, stacklevel=2)
     return model
+
+
+def _shortlist(names: Sequence[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _library(model: nn.Module) -> Optional[str]:
@@ -535,4 +925,5 @@ def convert_resnet(
     return convert(model, drop_prob, block_size, where, classifier, stage_scaling=stage_scaling, **camdrop_kwargs)
 
 
-__all__ = ["convert", "convert_resnet", "conversion_places", "find_classifier", "Place", "DEFAULT_BLOCK_SIZE"]
+__all__ = ["convert", "convert_resnet", "conversion_places", "find_classifier", "head_layout", "HeadLayout", "Place",
+           "DEFAULT_BLOCK_SIZE"]

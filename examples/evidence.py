@@ -22,6 +22,12 @@ the share of the map each regulariser actually dropped (measured from its masks)
 
     python examples/evidence.py                    # the full run, about 5 minutes on 2 CPU cores
     python examples/evidence.py --seeds 1 --epochs 1 --train-size 256 --test-size 128   # a smoke run
+
+Results go to ``--out`` (default ``runs/evidence``, created if absent): evidence.md, evidence.json
+and camdrop_masks.png. The shipped results (examples/results/, docs/camdrop_masks.png) are
+rewritten only when the command names them:
+
+    python examples/evidence.py --out examples/results --figure docs/camdrop_masks.png
 """
 from __future__ import annotations
 
@@ -48,9 +54,12 @@ import camdrop_kernels as ck  # noqa: E402
 from regularizers import AverageGuided, DropBlock, dropped_share, saturated_share, set_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MD = ROOT / "examples" / "results" / "evidence.md"
-DEFAULT_JSON = ROOT / "examples" / "results" / "evidence.json"
-DEFAULT_FIGURE = ROOT / "docs" / "camdrop_masks.png"
+# A run writes evidence.md, evidence.json and camdrop_masks.png into --out (created if absent).
+DEFAULT_OUT = Path("runs") / "evidence"
+OUTPUT_NAMES = {"out_md": "evidence.md", "out_json": "evidence.json", "figure": "camdrop_masks.png"}
+# The results the README shows: written only when the command line names them (or their folder).
+SHIPPED = (ROOT / "examples" / "results" / "evidence.md", ROOT / "examples" / "results" / "evidence.json",
+           ROOT / "docs" / "camdrop_masks.png")
 FIGURE_CONFIG = "camdrop"  # the figure shows seed 0's model trained with this configuration
 
 
@@ -468,12 +477,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="processes running (seed, configuration) jobs side by side")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per process (one per worker holds up best on shared cores)")
-    parser.add_argument("--out-md", type=Path, default=DEFAULT_MD)
-    parser.add_argument("--out-json", type=Path, default=DEFAULT_JSON)
-    parser.add_argument("--figure", default=str(DEFAULT_FIGURE), help="PNG path ('' for none)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder for evidence.md, evidence.json and camdrop_masks.png, created if absent "
+                             f"(default: {DEFAULT_OUT}; the shipped examples/results/ only when named here)")
+    parser.add_argument("--out-md", type=Path, default=None, help="the table (default: OUT/evidence.md)")
+    parser.add_argument("--out-json", type=Path, default=None, help="the report (default: OUT/evidence.json)")
+    parser.add_argument("--figure", default=None, help="PNG path, '' for none (default: OUT/camdrop_masks.png)")
     parser.add_argument("--rerender", action="store_true",
                         help="no training: recompute the table from the runs saved in --out-json")
     args = parser.parse_args(argv)
+    resolve_outputs(args)
     if args.dropblock_prob is None:
         args.dropblock_prob = args.drop_prob
     if "none" not in args.configs:
@@ -483,12 +496,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def resolve_outputs(args: argparse.Namespace) -> None:
+    """Fill in the output paths from ``--out``, and refuse to overwrite a shipped result that the
+    command line did not name (itself, or its folder through ``--out``)."""
+    explicit_out = args.out is not None
+    args.out = args.out if explicit_out else DEFAULT_OUT
+    for key, name in OUTPUT_NAMES.items():
+        value = getattr(args, key)
+        named = value is not None or explicit_out
+        if value is None:
+            value = args.out / name
+            setattr(args, key, value if key != "figure" else str(value))
+        if value and not named and Path(value).resolve() in {p.resolve() for p in SHIPPED}:
+            raise SystemExit(f"evidence.py: {value} is a shipped result; name it (--out {Path(value).parent}) to "
+                             "overwrite it, or write elsewhere with --out DIR")
+
+
 def _shown(value):
     """Paths as the report shows them: relative to the repository when inside it."""
     if isinstance(value, (str, Path)) and value and Path(value).is_absolute():
         path = Path(value)
         return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-    return value
+    return str(value) if isinstance(value, Path) else value
 
 
 @functools.lru_cache(maxsize=1)
@@ -542,6 +571,7 @@ def run(args: argparse.Namespace) -> dict:
         model = build_model(FIGURE_CONFIG, 0, args)
         model.load_state_dict(figure_state)
         data = _seed_data(0, args.train_size, args.test_size, args.size, args.classes)
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         report["figure"] = _shown(args.figure) if save_figure(model, data, args, Path(args.figure)) else None
     write(report, args.out_md, args.out_json)
     return report
@@ -576,6 +606,9 @@ def rerender(path: Path, out_md: Path) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.rerender:
+        if not Path(args.out_json).is_file():
+            raise SystemExit(f"evidence.py --rerender: no saved report at {args.out_json} (run the experiment first, "
+                             "or pass --out examples/results to re-render the shipped one)")
         rerender(args.out_json, args.out_md)
     else:
         run(args)

@@ -18,6 +18,7 @@ def test_benchmark_suite_runs(tmp_path):
     assert proc.returncode == 0, out[-5000:]
     assert "camdrop_kernels benchmark summary" in out
     assert "Headline" in out and "Saved for backward" in out
+    assert "| block 5]" in out  # the smoke shape (2, 16, 9, 9): convert's block size for a 9x9 map
     assert (tmp_path / "bench.json").stat().st_size > 0
 
 
@@ -89,3 +90,33 @@ def test_paired_ratios_script_runs():
     assert {"forward 8x1024x7x7", "forward+backward 16x256x28x28 CL", "tiny"} <= set(out)
     assert all(r["ratios"]["multiply"] == 1.0 for k, r in out.items() if k != "tiny")
     assert out["tiny"]["ratios"]["camdrop"] > 0
+    # convert's block size for the map's stage, and the share dropped beside each forward's time.
+    assert [out[f"forward {s}"]["block_size"] for s in ("16x256x28x28", "8x512x14x14", "8x1024x7x7")] == [7, 5, 3]
+    assert all(out[key]["dropped"]["eligible"] > 0.01 for key in out if key.startswith("forward "))
+
+
+def test_every_benchmark_shape_drops_at_its_block_size():
+    """A benchmark that drops nothing proves nothing: at every shape the suite times (CPU and GPU
+    lists), CamDrop at the block size the suite uses there (convert's for the map's stage) drops.
+    At (8, 1024, 7, 7) the former block 7 had one valid centre and dropped 0%."""
+    code = (
+        "import json, torch, camdrop_kernels as ck\n"
+        "import cases\n"
+        "from contenders import block_size_for, dropped_share\n"
+        "from conftest import make_inputs\n"
+        "shapes = sorted(set(map(tuple, cases.CPU_SHAPES + cases.GPU_STAGES + [cases.GPU_TARGET] + cases.ND_SHAPES)))\n"
+        "out = {}\n"
+        "for shape in shapes:\n"
+        "    x, cam, alpha = make_inputs(shape, torch.float32, 'contiguous')\n"
+        "    fn = {3: ck.camdrop1d, 4: ck.camdrop, 5: ck.camdrop3d}[len(shape)]\n"
+        "    block = block_size_for(shape)\n"
+        "    out['x'.join(map(str, shape))] = (block, dropped_share(fn(x, cam, alpha, 0.1, block)))\n"
+        "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "benchmarks", capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, CAMDROP_BENCH_SMOKE="0", CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    shares = json.loads(proc.stdout.splitlines()[-1])
+    assert shares["8x1024x7x7"][0] == 3 and shares["8x512x14x14"][0] == 5 and shares["16x256x28x28"][0] == 7
+    assert all(share > 0.01 for _, share in shares.values()), shares

@@ -50,12 +50,19 @@ class SeqCNN(nn.Module):
         return self.fc(self.features(x).mean(-1))
 
 
+def linear_head(model, channels):
+    """torchvision's MobileNetV3 with its MLP head (Linear, Hardswish, Dropout, Linear) replaced by one
+    linear layer on the pooled channels: convert refuses the MLP head (no channel has weights of its own)."""
+    model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(channels, CLASSES))
+    return model
+
+
 BUILDERS = {
     "timm_convnext_nano": lambda: timm.create_model("convnext_nano", num_classes=CLASSES),
     "timm_efficientnet_b0": lambda: timm.create_model("efficientnet_b0", num_classes=CLASSES),
     "timm_regnetx_002": lambda: timm.create_model("regnetx_002", num_classes=CLASSES),
     "timm_resnet18": lambda: timm.create_model("resnet18", num_classes=CLASSES),
-    "tv_mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=CLASSES),
+    "tv_mobilenet_v3_small": lambda: linear_head(torchvision.models.mobilenet_v3_small(num_classes=CLASSES), 576),
     "tv_efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=CLASSES),
     "tv_resnet18": lambda: torchvision.models.resnet18(num_classes=CLASSES),
     "tv_r3d_18": lambda: torchvision.models.video.r3d_18(num_classes=CLASSES),
@@ -67,7 +74,7 @@ PLACES = {
     "timm_efficientnet_b0": (11, "blocks.3.0", "blocks.6.0", 2, "classifier"),
     "timm_regnetx_002": (11, "s3.b1", "s4.b7", 2, "head.fc"),
     "timm_resnet18": (4, "layer3.0.drop_block", "layer4.1.drop_block", 2, "fc"),
-    "tv_mobilenet_v3_small": (8, "features.4", "features.11", 2, "classifier.3"),
+    "tv_mobilenet_v3_small": (8, "features.4", "features.11", 2, "classifier.1"),
     "tv_efficientnet_b0": (11, "features.4.0", "features.7.0", 2, "classifier.1"),
     "tv_resnet18": (4, "layer3.0.bn1", "layer4.1.bn1", 2, "fc"),
     "tv_r3d_18": (4, "layer3.0", "layer4.1", 3, "fc"),
@@ -229,12 +236,16 @@ def test_set_drop_prob_keeps_the_stage_ratio_and_options_reach_the_layers():
 
 
 def test_classifier_override():
-    model = plain("tv_mobilenet_v3_small")
-    first_linear = model.classifier[0]
-    converted = ck.convert(copy.deepcopy(model), 0.1, classifier="classifier.0")
-    assert all(l.classifier is converted.classifier[0] for l in ck.camdrop_layers(converted))
-    converted = ck.convert(model, 0.1, classifier=first_linear)
-    assert all(l.classifier is first_linear for l in ck.camdrop_layers(converted))
+    model = plain("tv_efficientnet_b0")
+    linear = model.classifier[1]
+    converted = ck.convert(copy.deepcopy(model), 0.1, classifier="classifier.1")
+    assert all(l.classifier is converted.classifier[1] for l in ck.camdrop_layers(converted))
+    converted = ck.convert(model, 0.1, classifier=linear)
+    assert all(l.classifier is linear for l in ck.camdrop_layers(converted))
+    # A classifier outside the model (a linear probe trained beside it) is taken as it is.
+    probe = nn.Linear(1280, CLASSES)
+    converted = ck.convert(plain("tv_efficientnet_b0"), 0.1, classifier=probe)
+    assert all(l.classifier is probe for l in ck.camdrop_layers(converted))
 
 
 def test_convert_resnet_is_a_preset_of_convert():
@@ -317,5 +328,9 @@ def test_readme_convert_examples():
 
     last = ck.convert(timm.create_model("efficientnet_b0"), drop_prob=0.1, where=1)
     globbed = ck.convert(timm.create_model("efficientnet_b0"), drop_prob=0.1, where="blocks.5.*")
-    regexed = ck.convert(torchvision.models.mobilenet_v3_small(), drop_prob=0.1, where=r"re:features\.(9|10|11)")
-    assert [len(ck.camdrop_layers(m)) for m in (last, globbed, regexed)] == [5, 4, 3]
+    classed = ck.convert(timm.create_model("efficientnet_b0"), drop_prob=0.1, where="blocks.[!0-4].*")
+    regexed = ck.convert(torchvision.models.efficientnet_b0(), drop_prob=0.1, where=r"re:features\.(6|7)\.\d+")
+    dense = ck.convert(torchvision.models.densenet121(), drop_prob=0.1, where=1)
+    assert [len(ck.camdrop_layers(m)) for m in (last, globbed, classed, regexed, dense)] == [5, 4, 5, 5, 16]
+    assert {p.name.rpartition(".")[0] for p in ck.conversion_places(dense)} == {"features.denseblock3",
+                                                                                 "features.denseblock4"}

@@ -3,6 +3,7 @@ the CIFAR-10 recipe for a few steps on a generated stand-in data set, and the pi
 (``camdrop_kernels.viz``), which need the optional matplotlib."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,25 +26,59 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # -- the evidence experiment -----------------------------------------------------------------------
+def _shipped_bytes():
+    return {path: path.read_bytes() for path in evidence.SHIPPED}
+
+
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     """One seed, one epoch, a few hundred images: the whole code path (two worker processes, as
-    the full run uses) in a few seconds."""
-    out = tmp_path_factory.mktemp("evidence")
+    the full run uses) in a few seconds, with the default outputs (run from a fresh folder: they go
+    to runs/evidence there), leaving the shipped results as they were."""
+    cwd = tmp_path_factory.mktemp("evidence")
     argv = ["--seeds", "1", "--epochs", "1", "--train-size", "128", "--test-size", "64", "--probe", "64",
-            "--workers", "2", "--threads", str(torch.get_num_threads()), "--out-md", str(out / "table.md"),
-            "--out-json", str(out / "report.json"), "--figure", str(out / "masks.png") if HAS_MATPLOTLIB else ""]
+            "--workers", "2", "--threads", str(torch.get_num_threads())]
+    shipped = _shipped_bytes()
     state = torch.get_rng_state()
+    previous = os.getcwd()
+    os.chdir(cwd)
     try:
         assert evidence.main(argv) == 0
     finally:
+        os.chdir(previous)
         torch.set_rng_state(state)
-    return out
+    assert _shipped_bytes() == shipped
+    return cwd / "runs" / "evidence"
+
+
+def test_evidence_writes_to_a_fresh_folder_by_default(tiny_report):
+    assert {p.name for p in tiny_report.iterdir()} >= {"evidence.md", "evidence.json"}
+    assert (tiny_report / "camdrop_masks.png").exists() == HAS_MATPLOTLIB
+    args = evidence.parse_args([])
+    assert (args.out, args.out_md, args.out_json, args.figure) == (
+        Path("runs/evidence"), Path("runs/evidence/evidence.md"), Path("runs/evidence/evidence.json"),
+        "runs/evidence/camdrop_masks.png")
+    # --out names a folder for all three; a flag of its own names one file; the shipped results are
+    # written when named.
+    args = evidence.parse_args(["--out", "elsewhere", "--figure", ""])
+    assert (args.out_md, args.out_json, args.figure) == (Path("elsewhere/evidence.md"), Path("elsewhere/evidence.json"),
+                                                         "")
+    shipped = evidence.parse_args(["--out", str(evidence.ROOT / "examples" / "results"), "--figure",
+                                   str(evidence.ROOT / "docs" / "camdrop_masks.png")])
+    assert {Path(shipped.out_md), Path(shipped.out_json), Path(shipped.figure)} == set(evidence.SHIPPED)
+
+
+def test_evidence_refuses_to_overwrite_a_shipped_result_it_was_not_given(monkeypatch):
+    monkeypatch.setattr(evidence, "DEFAULT_OUT", evidence.ROOT / "examples" / "results")  # (a default gone wrong)
+    with pytest.raises(SystemExit, match=r"evidence.md is a shipped result; name it \(--out "):
+        evidence.parse_args([])
+    with pytest.raises(SystemExit, match="no saved report"):
+        evidence.main(["--rerender", "--out", str(evidence.ROOT / "no-such-folder")])
 
 
 def test_evidence_writes_table_and_json(tiny_report):
-    table = (tiny_report / "table.md").read_text()
-    report = json.loads((tiny_report / "report.json").read_text())
+    table = (tiny_report / "evidence.md").read_text()
+    report = json.loads((tiny_report / "evidence.json").read_text())
     assert set(report) >= {"settings", "runtime", "summary", "contrasts", "runs", "dropblock_check", "markdown"}
     assert report["markdown"] == table
     assert list(report["summary"]) == list(evidence.CONFIGS)
@@ -63,26 +98,26 @@ def test_evidence_writes_table_and_json(tiny_report):
 
 def test_evidence_rerenders_a_saved_report(tiny_report, tmp_path):
     saved = tmp_path / "report.json"
-    saved.write_text((tiny_report / "report.json").read_text())
+    saved.write_text((tiny_report / "evidence.json").read_text())
     report = evidence.rerender(saved, tmp_path / "table.md")
-    assert (tmp_path / "table.md").read_text() == (tiny_report / "table.md").read_text() == report["markdown"]
+    assert (tmp_path / "table.md").read_text() == (tiny_report / "evidence.md").read_text() == report["markdown"]
 
 
 def test_evidence_measures_the_share_dropped(tiny_report):
-    summary = json.loads((tiny_report / "report.json").read_text())["summary"]
+    summary = json.loads((tiny_report / "evidence.json").read_text())["summary"]
     dropped = {name: entry["dropped_full"]["mean"] for name, entry in summary.items()}
     assert dropped["none"] == 0.0
     # The authors' seed rate drops a small fraction of what the calibrated rate drops.
     assert 0.0 < dropped["camdrop_v1"] < dropped["camdrop"] / 5
     assert 0.05 < dropped["dropblock"] < 0.15  # DropBlock at 0.1, measured from its mask
-    check = json.loads((tiny_report / "report.json").read_text())["dropblock_check"]
+    check = json.loads((tiny_report / "evidence.json").read_text())["dropblock_check"]
     assert check["ok"] == (check["dropblock"] >= check["most_camdrop"]) and check["text"] in \
-        (tiny_report / "table.md").read_text()
+        (tiny_report / "evidence.md").read_text()
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib (the viz extra) is not installed")
 def test_evidence_draws_the_figure(tiny_report):
-    assert (tiny_report / "masks.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tiny_report / "camdrop_masks.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_configurations_are_paired():

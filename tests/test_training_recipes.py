@@ -1,10 +1,15 @@
 """The README recipes, mirrored line for line without the scripts: timm's train.py (mixup/cutmix
 soft targets, ModelEmaV3, bf16 autocast, channels_last, 2-step accumulation, grad checkpointing,
-torch.compile), torchvision's reference train.py (v2 MixUp/CutMix, its EMA) and a Lightning
-``training_step``; then the forwards that run outside a user's ``targets`` block (SAM, functional_call,
+torch.compile), torchvision's reference train.py (v2 MixUp/CutMix, its EMA) and the README's Lightning
+module under a real ``L.Trainer``; then the forwards that run outside a user's ``targets`` block (SAM, functional_call,
 torch.func, FX, torch.export, swa_utils.update_bn, create_feature_extractor)."""
 import contextlib
 import functools
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,39 +211,85 @@ def test_torchvision_reference_train_py_flow():
 
 
 # ---------------------------------------------------------------------------------------------
-# A PyTorch Lightning LightningModule (its training_step; the loop stands in for the Trainer)
+# PyTorch Lightning: the README's LightningModule under a real L.Trainer
 # ---------------------------------------------------------------------------------------------
-class LitClassifier(nn.Module):  # in a real project: lightning.LightningModule
-    def __init__(self, num_classes=CLASSES):
-        super().__init__()
-        self.model = ck.convert(torchvision.models.resnet18(num_classes=num_classes), drop_prob=0.1)
+README = Path(__file__).resolve().parent.parent / "README.md"
 
-    def training_step(self, batch, batch_idx):
-        images, labels = batch
-        with ck.targets(self.model, labels):
-            logits = self.model(images)
-        loss = F.cross_entropy(logits, labels)
-        return loss
+# Appended to the README's class in the generated module: records, in each process, what the CamDrop
+# layers did (ddp_spawn trains in child processes; their layers' statistics never come back).
+LIGHTNING_PROBE = """
 
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+import json
+import os
 
 
-def test_lightning_training_step():
-    """Trainer(accumulate_grad_batches=2) on the CPU, by hand (precision="bf16-mixed" would put the
-    training_step under autocast, as the timm flow above does)."""
-    torch.manual_seed(0)
-    module = LitClassifier().train()
-    optimizer = module.configure_optimizers()
-    for batch_idx, batch in enumerate(image_batches(4)):
-        with contextlib.nullcontext():  # the Trainer's precision plugin context
-            loss = module.training_step(batch, batch_idx)
-        (loss / 2).backward()
-        if batch_idx % 2 == 1:
-            optimizer.step()
-            optimizer.zero_grad()
-        assert torch.isfinite(loss)
-    assert any(float(layer.last_dropped_fraction) > 0 for layer in ck.camdrop_layers(module))
+class CamDropProbe(L.Callback):
+    def __init__(self, out):
+        self.out = out
+
+    def on_fit_start(self, trainer, pl_module):
+        self.batches, self.ran, self.dropped, self.dtypes = 0, 0, 0, set()
+        pl_module.model.fc.register_forward_hook(lambda m, a, out: self.dtypes.add(str(out.dtype)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += 1
+        for layer in ck.camdrop_layers(pl_module):
+            if layer.last_dropped is not None:  # this batch's forward ran the layer
+                self.ran += 1
+                self.dropped += int(layer.last_dropped.sum())
+                layer.__dict__["last_dropped"] = None
+
+    def on_fit_end(self, trainer, pl_module):
+        checksum = float(sum(p.detach().double().sum() for p in pl_module.parameters()))
+        with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump({"world_size": trainer.world_size, "global_step": trainer.global_step,
+                       "batches": self.batches, "layers": len(ck.camdrop_layers(pl_module)), "ran": self.ran,
+                       "dropped": self.dropped, "dtypes": sorted(self.dtypes), "checksum": checksum}, f)
+"""
+
+
+def readme_lightning_module(directory):
+    """The README's Lightning snippet as an importable module (ddp_spawn pickles the LightningModule
+    by its import path), without its two Trainer lines: the test runs its own Trainer."""
+    match = re.search(r"<!-- snippet: lightning -->\s*```python\n(.*?)```", README.read_text(), re.S)
+    assert match, "README has no Lightning snippet"
+    code, _, trainer_lines = match.group(1).partition("\n\ntrainer = L.Trainer(")
+    assert 'precision="bf16-mixed", accumulate_grad_batches=2)' in trainer_lines
+    assert "trainer.fit(LitClassifier(), train_loader)" in trainer_lines
+    (directory / "readme_lightning.py").write_text(code + LIGHTNING_PROBE)
+    sys.path.insert(0, str(directory))  # (spawned processes get the parent's sys.path)
+    return importlib.import_module("readme_lightning")
+
+
+@pytest.mark.slow  # (about 20 s on 2 loaded cores: two spawned processes import torch, lightning and torchvision)
+def test_lightning_trainer(tmp_path):
+    """The README's LitClassifier, as written, under L.Trainer(precision="bf16-mixed",
+    accumulate_grad_batches=2) (the README's settings) and strategy="ddp_spawn" on 2 CPU processes
+    (gloo): 2 optimizer steps of 2 micro-batches each per process, the CamDrop layers ran in every
+    training forward and dropped, the head ran in bfloat16, and the processes end with equal weights."""
+    L = pytest.importorskip("lightning")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    module = readme_lightning_module(tmp_path)
+    try:
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(32, 3, 64, 64, generator=g), torch.randint(0, 10, (32,), generator=g))
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", precision="bf16-mixed",
+                            accumulate_grad_batches=2, max_steps=2, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            default_root_dir=tmp_path, callbacks=[module.CamDropProbe(str(tmp_path))])
+        trainer.fit(module.LitClassifier(), DataLoader(data, batch_size=4))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("readme_lightning", None)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        assert report["world_size"] == 2 and report["global_step"] == 2 and report["batches"] == 4, report
+        assert report["layers"] == 4 and report["ran"] == 4 * 4, report  # every layer in every training forward
+        assert report["dropped"] > 0, report
+        assert report["dtypes"] == ["torch.bfloat16"], report  # bf16-mixed: the training_step ran under autocast
+    assert reports[0]["checksum"] == reports[1]["checksum"]  # DDP kept the two processes' weights equal
 
 
 # ---------------------------------------------------------------------------------------------
