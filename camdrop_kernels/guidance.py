@@ -76,10 +76,11 @@ def _check_binary_targets(targets: torch.Tensor) -> None:
                              f"in [{lo}, {hi}]")
 
 
-def importance(weight: torch.Tensor, targets: torch.Tensor, channels: int, layout=None) -> torch.Tensor:
+def importance(weight: torch.Tensor, targets: torch.Tensor, channels: int, layout=None, norm=None) -> torch.Tensor:
     """channel_importance without the checks (for callers that validated once, e.g. the layers).
-    ``layout`` (``heads.HeadLayout``) says how the classifier's features map to channels when
-    they are not the map's channels in order (e.g. timm's "catavgmax" pooling: [avg, max])."""
+    ``layout`` (``heads.HeadLayout``) says how the classifier's features come from the pooled
+    channels when they are not those channels in order (timm's "catavgmax": [avg, max]; a
+    flattened grid), and ``norm`` is the LayerNorm whose gain it folds in."""
     if weight.shape[0] == 1 and (targets.dim() == 1 or (targets.dim() == 2 and targets.shape[1] == 1)):
         # Binary head: (2 t - 1) * w, the negated weight for negatives.
         t = targets.reshape(-1).to(device=weight.device, dtype=weight.dtype)
@@ -89,7 +90,7 @@ def importance(weight: torch.Tensor, targets: torch.Tensor, channels: int, layou
     else:
         rows = targets.to(device=weight.device, dtype=weight.dtype) @ weight
     if layout is not None:
-        rows = layout.channel_rows(rows)
+        rows = layout.fold(rows, None if norm is None else norm.weight)
     features = rows.shape[1]
     if features == channels:  # (a mean over groups of one is the identity: skip its launch)
         return rows
@@ -106,6 +107,8 @@ def check_classifier_weight(weight: torch.Tensor, x: torch.Tensor, owner: str) -
     outside the classifier's own forward cannot be read, and is refused with advice."""
     if type(weight).__name__ == "DTensor":
         weight = weight.full_tensor()
+    if weight.dim() > 2 and all(size == 1 for size in weight.shape[2:]):  # a 1x1-conv classifier
+        weight = weight.flatten(1)
     if weight.dim() != 2:
         raise RuntimeError(
             f"{owner}: the bound classifier's weight has shape {tuple(weight.shape)} here, not (classes, features): "

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import validation
+from . import heads, validation
 from .guidance import cam_unchecked, check_classifier_weight, importance, self_guidance
 
 MODES = ("classifier", "self")
@@ -70,7 +70,8 @@ class Guide:
         self.missing_targets = validation.check_choice("missing_targets", missing_targets, MISSING_TARGETS)
         self.classifier: Optional[nn.Module] = None
         self.path: Optional[str] = None  # the classifier's name in the model convert bound it in
-        self.layout = None  # how the classifier's features map to this map's channels (heads.HeadLayout)
+        self.layout = None  # how the classifier's features map to the pooled channels (heads.HeadLayout)
+        self.norm: Optional[nn.Module] = None  # the LayerNorm whose gain the layout folds in
         self.scope: Optional[Scope] = None
         self.history: "collections.OrderedDict[int, Optional[weakref.ref]]" = collections.OrderedDict()
         self.recent: "collections.deque[Tensor]" = collections.deque(maxlen=RECENT)
@@ -81,12 +82,12 @@ class Guide:
         self.idle = False  # did not run in the last targets block although the model was training
 
     # -- the classifier -------------------------------------------------------------------------
-    def bind(self, classifier: nn.Module, path: Optional[str] = None, layout=None) -> None:
-        weight = getattr(classifier, "weight", None)
-        if not isinstance(weight, Tensor) or (weight.dim() != 2 and not _is_sharded(weight)):
-            raise TypeError(f"classifier must be a module with a 2-D weight (the final nn.Linear); got "
-                            f"{type(classifier).__name__}")
-        self.classifier, self.path, self.layout = classifier, path, layout
+    def bind(self, classifier: nn.Module, path: Optional[str] = None, layout=None,
+             norm: Optional[nn.Module] = None) -> None:
+        if not _is_classifier(classifier):
+            raise TypeError(f"classifier must be a module with a (num_classes, features) weight (the final nn.Linear, "
+                            f"or a 1x1 conv); got {type(classifier).__name__}")
+        self.classifier, self.path, self.layout, self.norm = classifier, path, layout, norm
         self.mode = "classifier"
 
     def follow(self, model: nn.Module) -> None:
@@ -102,13 +103,14 @@ class Guide:
             return  # (targets handed to a part of the model that does not hold the classifier)
         if head is self.classifier:
             return
-        weight = getattr(head, "weight", None)
-        if not isinstance(weight, Tensor) or (weight.dim() != 2 and not _is_sharded(weight)):
+        if not _is_classifier(head):
             raise RuntimeError(
                 f"{self.owner} was bound to the classifier at {self.path!r}, which is now a {type(head).__name__} "
-                "without a 2-D weight (a model reset with num_classes=0?): bind the layers to the new final linear "
-                "layer (layer.bind(...)), or convert the model after replacing its head")
-        self.classifier = head
+                "without a (num_classes, features) weight (a model reset with num_classes=0?): bind the layers to "
+                "the new final linear layer (layer.bind(...)), or convert the model after replacing its head")
+        layout = heads.layout_for(model, head, strict=False)  # (the new head may pool differently)
+        norm = model.get_submodule(layout.norm) if layout is not None and layout.norm else None
+        self.classifier, self.layout, self.norm = head, layout, norm
 
     # -- targets --------------------------------------------------------------------------------
     def enter(self, scope: Scope) -> Optional[Scope]:
@@ -183,7 +185,7 @@ class Guide:
         if (compiling or scope is None or targets is not scope.targets or targets.is_inference()
                 or weight.is_inference() or (weight.is_cuda and torch.cuda.is_current_stream_capturing())):
             # (inference tensors keep no version counter, so a shared value could not see them change)
-            return importance(weight.detach(), targets, channels, self.layout)
+            return importance(weight.detach(), targets, channels, self.layout, self.norm)
         # Shared within one forward of the model only: a layer that already ran since the memo was
         # last cleared starts a new forward, which clears it. So weights updated between two
         # forwards of one block without a version bump (fused optimizers, .data writes) are never
@@ -193,12 +195,12 @@ class Guide:
             scope.memo.clear()
             scope.seen.clear()
         scope.seen.add(me)
-        key = (id(weight), weight._version, targets._version, channels, id(self.layout),
-               _autocast_state(weight.device.type))
+        key = (id(weight), weight._version, targets._version, channels, self.layout, id(self.norm),
+               None if self.norm is None else self.norm.weight._version, _autocast_state(weight.device.type))
         hit = scope.memo.get(key)
         if hit is not None and hit[0] is weight:  # (the entry holds the weight: its id cannot be reused)
             return hit[1]
-        alpha = importance(weight.detach(), targets, channels, self.layout)
+        alpha = importance(weight.detach(), targets, channels, self.layout, self.norm)
         scope.memo[key] = (weight, alpha)
         return alpha
 
@@ -292,6 +294,12 @@ class Guide:
         return state
 
 
-def _is_sharded(weight: Tensor) -> bool:
-    """A DTensor (FSDP2, tensor parallel): its full value is gathered when the guidance needs it."""
-    return type(weight).__name__ == "DTensor"
+def _is_classifier(module) -> bool:
+    """A module with a (K, C') weight: a linear layer, or a 1x1 conv (its trailing axes of size 1);
+    a DTensor (FSDP2, tensor parallel) counts: its full value is gathered when the guidance needs it."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, Tensor):
+        return False
+    if type(weight).__name__ == "DTensor":
+        return True
+    return weight.dim() >= 2 and all(size == 1 for size in weight.shape[2:])

@@ -195,7 +195,10 @@ def forward(x: Tensor, cam: Tensor, alpha: Tensor, seed: Tensor, drop_prob: Tens
             inplace: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """(y, dropped, rate) for x (cam (N, *S)), with autograd where x takes part (reverse mode
     through the ops; forward mode here: the tangent's output is the apply of the tangent)."""
-    cam, alpha = cam.detach(), alpha.detach()
+    if cam.requires_grad:
+        cam = cam.detach()
+    if alpha.requires_grad:
+        alpha = alpha.detach()
     if _fwad._current_level >= 0:
         tangent = _fwad.unpack_dual(x).tangent
         if tangent is not None:

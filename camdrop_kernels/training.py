@@ -74,6 +74,8 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
         classifier = guide.classifier
         if guide.mode == "classifier" and classifier is not None and id(classifier) not in checked:
             weight = classifier.weight
+            if weight.dim() > 2 and all(size == 1 for size in weight.shape[2:]):  # a 1x1-conv classifier
+                weight = weight.flatten(1)
             if weight.dim() == 2:  # (a sharded weight is checked where it is gathered, in the forward)
                 check_targets(weight, targets)
             checked.add(id(classifier))

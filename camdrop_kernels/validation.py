@@ -22,11 +22,11 @@ _MODULE_NAMES = {1: "CamDrop1d", 2: "CamDrop2d", 3: "CamDrop3d"}
 
 
 def is_int(value) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, Integral) and not isinstance(value, bool))
 
 
 def is_real(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    return type(value) in (float, int) or (isinstance(value, Real) and not isinstance(value, bool))
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> str:

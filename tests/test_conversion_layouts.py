@@ -14,16 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import camdrop_kernels as ck
-from camdrop_kernels.conversion import HeadLayout, _pattern, head_layout
-from camdrop_kernels.nn import CamDrop2d, CamDropNd
+from camdrop_kernels.conversion import _pattern
+from camdrop_kernels.heads import HeadLayout, head_layout
+from camdrop_kernels.nn import CamDrop2d
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 tv = torchvision.models
 
 CLASSES = 6
-LAYERS_FOLD = getattr(CamDropNd, "folds_head_layout", False)
-needs_layer_side = pytest.mark.xfail(not LAYERS_FOLD, reason="needs the layer side", strict=True)
 
 
 def meta(build, *args, **kwargs):
@@ -81,18 +80,6 @@ def test_fold_sums_each_channels_own_weights():
     assert torch.equal(identity.fold(conv), conv.flatten(1))
 
 
-@pytest.mark.skipif(LAYERS_FOLD, reason="the layers fold the layout")
-@pytest.mark.parametrize("pool", ["catavgmax", "fastcatavgmax"])
-def test_convert_refuses_catavgmax_while_the_layers_cannot_fold_it(pool):
-    model = meta(timm_resnet, pool)
-    with pytest.raises(ValueError, match=rf"concatenates 2 pooled copies of its 512 channels .*pool_type='{pool}'.*"
-                                         r"global_pool='avg'"):
-        ck.convert(model)
-    with pytest.raises(ValueError, match="concatenates 2 pooled copies"):
-        ck.convert_resnet(model)
-    assert not ck.camdrop_layers(model)
-
-
 def _capture_layer_inputs(layers):
     """Forward pre-hooks recording each layer's input and the RNG state its seed is drawn from."""
     seen = {}
@@ -103,7 +90,6 @@ def _capture_layer_inputs(layers):
     return seen, [layer.register_forward_pre_hook(hook) for layer in layers]
 
 
-@needs_layer_side
 def test_catavgmax_guides_each_channel_by_its_own_weights():
     """The end result: a converted catavgmax model drops exactly what an explicitly guided layer
     drops with alpha = the sum of each channel's avg and max weights (the mean gives the same
@@ -193,7 +179,23 @@ def test_mlp_head_replaced_by_a_linear_one_converts():
         "timm_efficientnet_b0", "timm_densenet121"])
 def test_linear_heads_on_pooled_channels_are_identity(build, name, channels, pool):
     model = meta(build)
-    assert head_layout(model) == HeadLayout(name, channels, channels, 1, 1, pool)
+    layout = head_layout(model)
+    assert layout[:6] == (name, channels, channels, 1, 1, pool)
+    # A LayerNorm between pooling and classifier (ConvNeXt's head norm) is recorded, its gain folded in.
+    assert layout.norm == {("classifier.2", 768): "classifier.0", ("head.fc", 640): "head.norm"}.get((name, channels), "")
+
+
+def test_a_head_norm_gain_is_folded_into_each_channel():
+    """ConvNeXt's head: logits = W (g * norm(pool(x))) + b, so channel c's evidence is W[:, c] g[c]."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_nano", num_classes=CLASSES)
+    with torch.no_grad():
+        model.head.norm.weight.uniform_(-2, 2)
+    layout = head_layout(model)
+    assert layout.norm == "head.norm"
+    y = torch.tensor([1, 4])
+    want = (model.head.fc.weight * model.head.norm.weight)[y]
+    assert torch.equal(ck.guidance.importance(model.head.fc.weight, y, 640, layout, model.head.norm), want)
 
 
 def test_a_linear_layer_on_a_flattened_grid_reads_consecutive_cells_of_each_channel():
@@ -224,12 +226,8 @@ def test_conv_classifiers_map_each_channel_to_its_weights(build, name, channels)
     layout = head_layout(model)
     assert (layout.name, layout.channels, layout.features, layout.copies, layout.cells) == (name, channels, channels,
                                                                                              1, 1)
-    if not LAYERS_FOLD:
-        with pytest.raises(ValueError, match=r"is a 1x1 convolution .* read a 2-D \(num_classes, features\) weight"):
-            ck.convert(model, where=1)
 
 
-@needs_layer_side
 def test_squeezenet_converts_and_drops():
     torch.manual_seed(0)
     model = ck.convert(tv.squeezenet1_0(num_classes=CLASSES), 0.5, where=1).train()

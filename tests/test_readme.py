@@ -8,9 +8,9 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def snippet(name: str) -> str:
-    match = re.search(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", README, re.S)
+    match = re.search(rf"<!-- snippet: {name}( \([^)]*\))? -->\s*```python\n(.*?)```", README, re.S)
     assert match, f"README has no '{name}' snippet"
-    return match.group(1)
+    return match.group(2)
 
 
 @pytest.mark.parametrize("name", ["timm", pytest.param("torchvision", marks=pytest.mark.slow)])
@@ -24,3 +24,15 @@ def test_training_snippet_runs(name, capsys):
 def test_quickstart_runs():
     match = re.search(r"## Quickstart\s*```python\n(.*?)```", README, re.S)
     exec(compile(match.group(1), "README:quickstart", "exec"), {"__name__": "__readme__"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit", "self"])
+def test_convert_snippets_run(name):
+    """The ViT and label-free snippets build and convert the models they name."""
+    import camdrop_kernels as ck
+
+    scope = {"__name__": "__readme__"}
+    exec(compile(snippet(name), f"README:{name}", "exec"), scope)
+    models = [scope[k] for k in (("vit", "vit_b") if name == "vit" else ("backbone", "detector"))]
+    assert all(len(ck.camdrop_layers(m)) > 0 for m in models)

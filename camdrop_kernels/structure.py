@@ -1,0 +1,237 @@
+"""A model's structure as ``convert`` reads it: convs and their ranks, stages, blocks.
+
+Stages (for ``where=k`` and the per-stage defaults) are the model's resolution levels: timm's
+``feature_info`` where the model has one, else torchvision's layouts (``layer1``..``layer4``;
+``features`` split at each downsampling child; ``trunk_output``). A stage's *blocks* are its
+repeated units (a ResNet's residual blocks, a ConvNeXt stage's ``blocks``, an EfficientNet
+stage's MBConvs).
+"""
+from __future__ import annotations
+
+import sys
+from typing import List, NamedTuple, Optional, Tuple
+
+from torch import nn
+
+CONVS = ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3))
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def conv_rank(module: nn.Module) -> Optional[int]:
+    for cls, rank in CONVS:
+        if isinstance(module, cls):
+            return rank
+    return None
+
+
+def is_spatial_conv(module: nn.Module) -> bool:
+    """A conv with a kernel wider than 1 along some axis (1x1 convs mix channels only)."""
+    return conv_rank(module) is not None and any(k > 1 for k in module.kernel_size)
+
+
+def has_spatial_conv(module: nn.Module) -> bool:
+    return any(is_spatial_conv(m) for m in module.modules())
+
+
+def is_container(module: nn.Module) -> bool:
+    return type(module) in CONTAINERS  # exactly: subclasses (Conv2dNormActivation, ...) are units
+
+
+def repeated(units: List[nn.Module]) -> bool:
+    """Two or more modules of one composite, non-container class: a run of blocks."""
+    cls = type(units[0])
+    return (len(units) >= 2 and all(type(u) is cls for u in units) and not issubclass(cls, CONTAINERS)
+            and any(True for _ in units[0].children()))
+
+
+def blocks(member: nn.Module) -> List[nn.Module]:
+    """The blocks of one stage member (see conversion_places)."""
+    kids = [c for c in member.children() if has_spatial_conv(c)]
+    if is_container(member):  # a stage of blocks, or itself one block (conv-bn-act)
+        return [c for c in kids if any(True for _ in c.children())] or [member]
+    if kids and repeated(kids):  # timm RegStage (b1, b2, ...), torchvision AnyStage
+        return kids
+    found = []
+    for child in kids:  # a container of repeated blocks (timm ConvNeXtStage.blocks)
+        if is_container(child):
+            inner = [c for c in child.children() if has_spatial_conv(c)]
+            if inner and repeated(inner):
+                found += inner
+    return found or [member]
+
+
+def timm_levels(model: nn.Module) -> Optional[List[List[str]]]:
+    """Each feature level's member modules, from timm's feature_info: the modules after the
+    previous level's module up to this level's, among the children of their common parent."""
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        return None
+    try:
+        points = [entry["module"] for entry in info]
+    except (TypeError, KeyError):
+        return None
+    modules = dict(model.named_modules())
+    if not points or any(p not in modules for p in points):
+        return None
+    levels, previous = [], None
+    for point in points:
+        parent_name, _, _ = point.rpartition(".")
+        siblings = [f"{parent_name}.{n}" if parent_name else n for n, _ in modules[parent_name].named_children()]
+        end = siblings.index(point)
+        if previous is not None and previous.rpartition(".")[0] == parent_name:
+            start = siblings.index(previous) + 1
+        elif previous is None:
+            start = 0
+        else:
+            start = end
+        levels.append(siblings[start:end + 1])
+        previous = point
+    return levels
+
+
+def downsamples(module: nn.Module) -> bool:
+    for m in module.modules():
+        stride = getattr(m, "stride", None)
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
+            strides = stride if isinstance(stride, (tuple, list)) else (stride,)
+            if any(s is not None and s > 1 for s in strides):
+                return True
+    return False
+
+
+def torchvision_levels(model: nn.Module) -> Optional[List[List[str]]]:
+    """Levels of torchvision's layouts: ResNet/VideoResNet layer1..layer4; a ``features`` (or
+    ``trunk_output``) Sequential split at each child that downsamples (the stem is level 0): a
+    strided conv block, or a child without a spatial conv that pools (VGG's and AlexNet's max
+    pooling, SqueezeNet's, DenseNet's transitions). Such a pooling child belongs to the level it
+    starts (its output is at that level's resolution) but holds no block; a level without a
+    spatial conv (VGG's final pooling) is no stage."""
+    if all(isinstance(getattr(model, f"layer{i}", None), nn.Module) for i in range(1, 5)):
+        return [[f"layer{i}"] for i in range(1, 5)]
+    # A ResNet inside a wrapper: a detection backbone's body (torchvision's BackboneWithFPN:
+    # ``body`` holds layer1..layer4), a model's ``backbone``.
+    bodies = [name for name, m in model.named_modules() if name and
+              all(isinstance(getattr(m, f"layer{i}", None), nn.Module) for i in range(1, 5))]
+    if len(bodies) == 1:
+        return [[f"{bodies[0]}.layer{i}"] for i in range(1, 5)]
+    for attr in ("features", "trunk_output"):
+        trunk = getattr(model, attr, None)
+        if isinstance(trunk, nn.Sequential):
+            levels: List[List[str]] = []
+            current: List[str] = []
+            has_conv = False  # does the current level hold a spatial conv yet?
+            for name, child in trunk.named_children():
+                spatial, down = has_spatial_conv(child), downsamples(child)
+                if down and has_conv:  # a strided conv block, or a pooling / transition child (VGG, DenseNet)
+                    levels.append(current)
+                    current, has_conv = [], False
+                if spatial or down:  # (1x1 head convs, activations and norms between stages are left out)
+                    current.append(f"{attr}.{name}")
+                    has_conv = has_conv or spatial
+            if has_conv:
+                levels.append(current)
+            return levels or None
+    return None
+
+
+def levels(model: nn.Module) -> Optional[List[List[str]]]:
+    return timm_levels(model) or torchvision_levels(model)
+
+
+def first_rank(module: nn.Module) -> Optional[int]:
+    for m in module.modules():
+        rank = conv_rank(m)
+        if rank is not None:
+            return rank
+    return None
+
+
+def place_rank(model: nn.Module, name: str) -> Optional[int]:
+    """The rank of the map at ``name``'s output: its first conv's, else the last conv before it."""
+    module = model.get_submodule(name)
+    rank = first_rank(module)
+    if rank is not None:
+        return rank
+    last = None
+    for other_name, other in model.named_modules():
+        if other_name == name:
+            return last
+        rank = conv_rank(other)
+        if rank is not None:
+            last = rank
+    return last
+
+
+def stage_of(name: str, levels: Optional[List[List[str]]]) -> Optional[int]:
+    if not levels:
+        return None
+    for index, level in enumerate(levels):
+        if any(name == m or name.startswith(m + ".") for m in level):
+            return len(levels) - 1 - index
+    return None
+
+
+def dropblock_types() -> Tuple[type, ...]:
+    """The DropBlock layers a library may keep in a block (timm's DropBlock2d, from
+    ``drop_block_rate``; torchvision.ops' DropBlock2d/3d), among the modules already imported (a
+    model cannot hold a class whose module was never imported)."""
+    found = []
+    for module_name, names in (("timm.layers.drop", ("DropBlock2d",)),
+                               ("torchvision.ops.drop_block", ("DropBlock2d", "DropBlock3d"))):
+        module = sys.modules.get(module_name)
+        found += [getattr(module, n) for n in names if isinstance(getattr(module, n, None), type)]
+    return tuple(found)
+
+
+def is_pointwise_conv(module: nn.Module) -> bool:
+    return conv_rank(module) is not None and all(k == 1 for k in module.kernel_size)
+
+
+# -- vision transformers ------------------------------------------------------------------------
+class VitPlan(NamedTuple):
+    """What ``convert`` needs to know about a vision transformer."""
+
+    blocks: List[str]  # the blocks' module names, in order
+    prefix: int  # class / distillation / register tokens before the patches
+    grid: Tuple[int, int]  # patch rows and columns at the model's image size
+    classifier: str  # the head's module name
+    norm: Optional[str]  # the LayerNorm between the last block and the head (folded into the guidance)
+    pool: str  # how the head reads the tokens, for messages
+
+
+def vit_plan(model: nn.Module) -> Optional[VitPlan]:
+    """The plan for a timm or torchvision vision transformer; None for other models."""
+    names = {m: n for n, m in model.named_modules()}
+    blocks = getattr(model, "blocks", None)
+    embed = getattr(model, "patch_embed", None)
+    if isinstance(blocks, nn.Sequential) and embed is not None and hasattr(model, "num_prefix_tokens"):
+        grid = tuple(getattr(embed, "grid_size", ()) or ())
+        head = getattr(model, "head", None)
+        if len(grid) != 2 or not isinstance(head, nn.Linear):
+            return None
+        fc_norm, norm = getattr(model, "fc_norm", None), getattr(model, "norm", None)
+        pool = getattr(model, "global_pool", "token")
+        if pool not in ("token", "avg", "avgmax", "max"):
+            return None  # ('map': an attention-pooling head mixes the channels; '': no pooling)
+        # The norm that reaches the head: fc_norm after average pooling, else the final norm.
+        reaching = fc_norm if pool != "token" and _is_norm(fc_norm) else norm
+        return VitPlan([names[b] for b in blocks], int(model.num_prefix_tokens), (int(grid[0]), int(grid[1])),
+                       names[head], names[reaching] if _is_norm(reaching) else None,
+                       "the class token" if pool == "token" else f"the patch tokens pooled ({pool!r})")
+    encoder = getattr(model, "encoder", None)
+    layers = getattr(encoder, "layers", None)
+    if isinstance(layers, nn.Sequential) and hasattr(model, "image_size") and hasattr(model, "patch_size") \
+            and hasattr(model, "class_token"):
+        heads = getattr(model, "heads", None)
+        head = getattr(heads, "head", None) if isinstance(heads, nn.Module) else None
+        if not isinstance(head, nn.Linear):
+            return None  # (a hidden pre-logits layer: the CAM has no channel weights to read)
+        side = int(model.image_size) // int(model.patch_size)
+        ln = getattr(encoder, "ln", None)
+        return VitPlan([names[b] for b in layers], 1, (side, side), names[head], names[ln] if _is_norm(ln) else None,
+                       "the class token")
+    return None
+
+
+def _is_norm(module) -> bool:
+    return isinstance(module, nn.LayerNorm) and module.elementwise_affine and module.weight is not None

@@ -1,0 +1,57 @@
+"""Vision transformers: CamDrop on the patch tokens of a block's output, viewed as a map.
+
+A ViT block's output is (N, L, C) tokens: ``prefix`` leading tokens (class, distillation and
+register tokens) and h * w patch tokens in row-major order. Those patch tokens, channels
+innermost, are exactly a channels_last (N, C, h, w) map, so :class:`TokenMap` hands a CamDrop2d
+that view (no copy) and leaves the prefix tokens untouched. ``structure.vit_plan`` reads what
+``convert`` needs from the model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .nn import CamDrop2d
+
+
+class TokenMap(nn.Module):
+    """Run ``camdrop`` (a CamDrop2d) on the patch tokens of (N, L, C) tokens as an (N, C, h, w)
+    map; the first ``prefix`` tokens pass through. The identity in eval mode."""
+
+    def __init__(self, camdrop: CamDrop2d, prefix: int, grid: Tuple[int, int]) -> None:
+        super().__init__()
+        self.camdrop = camdrop
+        self.prefix = int(prefix)
+        self.grid = (int(grid[0]), int(grid[1]))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.camdrop.training:
+            return tokens
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
+            raise ValueError(f"{type(self).__name__} expects (N, L, C) tokens; got "
+                             f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+        N, L, C = tokens.shape
+        h, w = self._grid(L - self.prefix)
+        patches = tokens[:, self.prefix:]
+        x = patches.unflatten(1, (h, w)).permute(0, 3, 1, 2)  # (N, C, h, w), channels innermost: a view
+        y = self.camdrop(x)
+        if y is x:
+            return tokens
+        y_tokens = y.permute(0, 2, 3, 1).reshape(N, h * w, C)  # (a view when y is channels_last)
+        return torch.cat([tokens[:, :self.prefix], y_tokens], 1) if self.prefix else y_tokens
+
+    def _grid(self, patches: int) -> Tuple[int, int]:
+        h, w = self.grid
+        if h * w == patches:
+            return h, w
+        side = math.isqrt(patches)  # (dynamic image sizes: a square grid is the only one L tells)
+        if side * side == patches:
+            return side, side
+        raise ValueError(f"{type(self).__name__}: {patches} patch tokens do not fill the {h}x{w} grid this layer was "
+                         "converted for, nor a square one: convert the model for this image size")
+
+    def extra_repr(self) -> str:
+        return f"prefix={self.prefix}, grid={self.grid}"

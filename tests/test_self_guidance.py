@@ -1,0 +1,96 @@
+"""Guidance without labels (issue 24 item 2, SPEC.md v2.1): ``guidance="self"`` takes each sample's
+channel-mean map as the CAM and its channel means as alpha; no classifier, no targets block. On
+layers of every rank, in ``convert``, on timm ``features_only`` models and torchvision's FPN backbone."""
+import pytest
+import torch
+
+import camdrop_kernels as ck
+from camdrop_kernels import reference
+
+from conftest import assert_bitwise_equal
+
+timm = pytest.importorskip("timm")
+torchvision = pytest.importorskip("torchvision")
+
+LAYERS = {1: ck.CamDrop1d, 2: ck.CamDrop2d, 3: ck.CamDrop3d}
+REFERENCES = {1: reference.camdrop1d, 2: reference.camdrop, 3: reference.camdrop3d}
+SHAPES = {1: (3, 8, 40), 2: (3, 8, 9, 7), 3: (2, 8, 4, 6, 5)}
+
+
+def drawn_seed(state_seed: int) -> int:
+    """The seed a layer draws after torch.manual_seed(state_seed)."""
+    torch.manual_seed(state_seed)
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_self_guided_layer_is_camdrop_of_its_own_means(rank, dtype):
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(SHAPES[rank], generator=g).to(dtype)
+    layer = LAYERS[rank](0.7, 3, guidance="self", top_channels=0.5).train()
+    seed = drawn_seed(5)
+    torch.manual_seed(5)
+    got = layer(x)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    cam = x.to(acc).mean(1)  # SPEC v2.1: accumulated in float32 (float64 for float64 x)
+    alpha = x.to(acc).mean(tuple(range(2, x.dim())))
+    want = REFERENCES[rank](x, cam, alpha, 0.7, 3, top_channels=0.5, seed=seed)
+    assert_bitwise_equal(got, want)
+    assert float(layer.last_dropped_fraction) > 0
+
+
+def test_self_guidance_needs_no_classifier_and_refuses_one():
+    with pytest.raises(ValueError, match="guidance='self' uses no classifier"):
+        ck.CamDrop2d(0.1, 3, guidance="self", classifier=torch.nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="guidance must be one of"):
+        ck.CamDrop2d(0.1, 3, guidance="labels")
+    with pytest.raises(ValueError, match="guidance='self' uses no classifier"):
+        ck.convert(torchvision.models.resnet18(), guidance="self", classifier="fc")
+
+
+def test_timm_features_only_model_trains_without_labels():
+    torch.manual_seed(0)
+    model = ck.convert(timm.create_model("resnet18", features_only=True), drop_prob=0.5, guidance="self").train()
+    x = torch.randn(2, 3, 128, 128)
+    features = model(x)  # no targets block
+    sum(f.square().mean() for f in features).backward()
+    layers = ck.camdrop_layers(model)
+    assert len(layers) == 4 and all(layer.guidance == "self" for layer in layers)
+    assert sum(float(layer.last_dropped.sum()) for layer in layers) > 0
+    model.eval()
+    plain = timm.create_model("resnet18", features_only=True)
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(x), plain(x)))
+
+
+def test_torchvision_fpn_backbone_trains_without_labels():
+    torch.manual_seed(0)
+    detector = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                    num_classes=3, min_size=128, max_size=128)
+    ck.convert(detector.backbone, drop_prob=0.5, guidance="self")
+    detector.train()
+    images = [torch.rand(3, 128, 128) for _ in range(2)]
+    boxes = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([1])} for _ in range(2)]
+    losses = detector(images, boxes)
+    sum(losses.values()).backward()
+    layers = ck.camdrop_layers(detector)
+    assert [name for name, _ in detector.backbone.body.named_children()][-1] == "layer4"
+    assert len(layers) == 9 and sum(float(layer.last_dropped.sum()) for layer in layers) > 0
+    assert "did not run" not in ck.dropped_summary(detector)
+
+
+def test_self_guided_layer_compiles():
+    torch._dynamo.reset()
+    layer = ck.CamDrop2d(0.7, 3, guidance="self").train()
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    compiled = torch.compile(lambda t: layer(t * 2).sum(), backend="aot_eager", fullgraph=True)
+    torch.manual_seed(3)
+    compiled(x).backward()
+    eager = x.detach().clone().requires_grad_()
+    torch.manual_seed(3)
+    layer(eager * 2).sum().backward()
+    assert torch.equal(x.grad, eager.grad)
+    torch._dynamo.reset()
