@@ -170,7 +170,8 @@ def describe(seed: int, data: Digits) -> dict:
                         for k in OCCLUSIONS if k != "clean"},
             "discriminative_corner_counts": torch.bincount(corners[:, 0] * width + corners[:, 1],
                                                            minlength=width * width).tolist(),
-            "sha256": {k: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16] for k, t in tensors.items()}}
+            "sha256": {k: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+                       for k, t in tensors.items()}}
 
 
 def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -201,7 +202,8 @@ class Dropout(nn.Module):
         after = torch.get_rng_state()
         torch.set_rng_state(before)
         with torch.no_grad():
-            self.last_dropped_fraction = (F.dropout(torch.ones_like(x), self.drop_prob, training=True) == 0).float().mean()
+            mask = F.dropout(torch.ones_like(x), self.drop_prob, training=True) == 0
+            self.last_dropped_fraction = mask.float().mean()
         torch.set_rng_state(after)
         return y
 
