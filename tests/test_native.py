@@ -8,6 +8,7 @@ import torch
 from torch.utils.dlpack import to_dlpack
 
 from conftest import HAS_NATIVE
+from native_hooks import load_hooks
 
 pytestmark = pytest.mark.skipif(not HAS_NATIVE, reason="the native extension is not built")
 
@@ -81,7 +82,7 @@ def test_ranking_is_linear_on_the_input_that_made_the_old_one_quadratic():
     """Regression: a crafted CAM made the old quickselect quadratic (95 s a call at 1024x1024). The
     radix/heap ranking visits each entry a bounded number of times on it, and on other hostile
     shapes (sorted, reversed, all equal, two values, organ pipe)."""
-    from camdrop_kernels import _native
+    hooks = load_hooks()
 
     L = 2048
     k = L // 2
@@ -100,7 +101,7 @@ def test_ranking_is_linear_on_the_input_that_made_the_old_one_quadratic():
     for name, row in rows.items():
         values = torch.tensor(row, dtype=torch.float64)
         for n in (1, 16, L // 8, L // 2, L - 1):
-            picked, visits = _native.top_n(to_dlpack(values), n)
+            picked, visits = hooks.top_n(to_dlpack(values), n)
             want = torch.sort(torch.where(values.isnan(), float("-inf"), values), descending=True,
                               stable=True).indices[:n].sort().values.tolist()
             assert picked == want, (name, n)
@@ -109,21 +110,19 @@ def test_ranking_is_linear_on_the_input_that_made_the_old_one_quadratic():
 
 
 def test_ranking_handles_every_float_dtype_and_special_value():
-    from camdrop_kernels import _native
+    hooks = load_hooks()
 
     row = torch.tensor([float("nan"), -0.0, 0.0, float("-inf"), float("inf"), 1.5, -1.5, 1.5, float("nan"), 0.0])
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         for n in range(1, len(row) + 1):
-            picked, _ = _native.top_n(to_dlpack(row.to(dtype)), n)
+            picked, _ = hooks.top_n(to_dlpack(row.to(dtype)), n)
             key = torch.where(row.isnan(), float("-inf"), row) + 0.0
             want = torch.sort(key, descending=True, stable=True).indices[:n].sort().values.tolist()
             assert picked == want, (dtype, n)
 
 
 def test_threads_come_from_torchs_pool_when_it_is_openmp():
-    from camdrop_kernels import _native
-
-    info = _native.info()
+    info = load_hooks().info()
     if "OpenMP" in torch.__config__.parallel_info():
         assert info["openmp"], "torch runs OpenMP: the kernels must find its GOMP entry points"
 
@@ -132,7 +131,7 @@ def test_ranking_of_32_bit_rows_on_hostile_and_tied_inputs():
     """The 32-bit keys (float32, bfloat16, float16 rows) take their own radix path (vectorised
     compaction and ranks where the CPU has AVX2); the hook also checks that the build's slot
     numbering (nth_key, then take_top) agrees with the marks. Ties split at the threshold included."""
-    from camdrop_kernels import _native
+    hooks = load_hooks()
 
     rng = random.Random(7)
     for L in (40, 64, 200, 1024, 2051):
@@ -155,7 +154,7 @@ def test_ranking_of_32_bit_rows_on_hostile_and_tied_inputs():
                 for n in sorted({1, L // 31 + 1, L // 8, L // 3, L // 2 + 1, L - 1}):
                     if not 1 <= n <= L:
                         continue
-                    picked, visits = _native.top_n(to_dlpack(values), n)
+                    picked, visits = hooks.top_n(to_dlpack(values), n)
                     assert picked == order[:n].sort().values.tolist(), (name, dtype, L, n)
                     assert visits <= 16 * L + 4 * L * math.log2(n + 1), (name, n, visits)
 
@@ -206,8 +205,6 @@ def test_forward_paths_match_the_reference_bit_for_bit(threads):
 
 
 def test_the_fused_forward_finds_the_pools_barrier():
-    from camdrop_kernels import _native
-
-    info = _native.info()
+    info = load_hooks().info()
     if info["openmp"]:
         assert info["barrier"], "with torch's OpenMP pool the forward runs in one parallel region"

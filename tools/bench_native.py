@@ -79,8 +79,8 @@ def main():
                 host._native = mod
                 for _ in range(5):
                     call()
-            for _ in range(args.reps):
-                for name, mod in builds.items():
+            for rep in range(args.reps):  # alternating order: neither build always runs first
+                for name, mod in (list(builds.items()) if rep % 2 == 0 else list(builds.items())[::-1]):
                     host._native = mod
                     t0 = time.perf_counter()
                     call()

@@ -1,0 +1,168 @@
+// Order keys of a row, and the vectorised pieces of the ranking (ranking.h has the rest).
+#include "ranking.h"
+
+#include <cmath>
+
+#include "floats.h"
+
+#if defined(CAMDROP_X86)
+#include <immintrin.h>
+#endif
+
+namespace camdrop {
+
+namespace {
+
+// An unsigned integer that orders like the ranking key: NaN as -inf, -0.0 as +0.0, then the IEEE
+// bits with every bit flipped for negatives and the sign bit flipped for the rest (branch-free).
+// float16/bfloat16/float32 rows use 32-bit keys of their exact float32 values; float64 64-bit.
+inline uint64_t order_key64(double v) {
+    v = v != v ? -INFINITY : v + 0.0;
+    uint64_t u;
+    std::memcpy(&u, &v, 8);
+    const uint64_t neg = (uint64_t)((int64_t)u >> 63);
+    return u ^ (neg | ((uint64_t)1 << 63));
+}
+
+inline uint32_t order_key32(uint32_t u) {
+    u = (int32_t)(u & 0x7FFFFFFFu) > 0x7F800000 ? 0xFF800000u : u; // NaN -> -inf (a signed compare: vectorises)
+    u = u == 0x80000000u ? 0u : u;                                // -0.0 -> +0.0
+    const uint32_t neg = (uint32_t)((int32_t)u >> 31);
+    return u ^ (neg | 0x80000000u);
+}
+
+#if defined(CAMDROP_X86)
+// For an 8-bit lane mask: byte r of pack[mask] = the index of mask's r-th set bit; byte l of
+// rank[mask] = the number of set bits of mask below bit l.
+struct LaneTables {
+    uint64_t pack[256];
+    uint64_t rank[256];
+};
+
+constexpr LaneTables make_lane_tables() {
+    LaneTables t{};
+    for (int mask = 0; mask < 256; ++mask) {
+        uint64_t v = 0, r = 0;
+        for (int lane = 0, n = 0; lane < 8; ++lane) {
+            r |= (uint64_t)n << (8 * lane);
+            if ((mask >> lane) & 1) v |= (uint64_t)lane << (8 * n++);
+        }
+        t.pack[mask] = v;
+        t.rank[mask] = r;
+    }
+    return t;
+}
+
+constexpr LaneTables kLanes = make_lane_tables();
+
+// take_top where every tie is in (entries >= t): eight at a time, a lane's rank from its mask's
+// bits below it; the taken entries' indices packed to the front and stored whole at chan_row + j
+// (chan_row holds L + 8: the extra lanes are overwritten or past the last rank).
+CAMDROP_AVX2 int64_t take_top32_avx2(const uint32_t *key, int64_t L, uint32_t t, int32_t *slot, int32_t *chan_row) {
+    const __m256i tv = _mm256_set1_epi32((int)t), none = _mm256_set1_epi32(-1);
+    int64_t j = 0, k = 0;
+    for (; k + 8 <= L; k += 8) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(key + k));
+        const __m256i take = _mm256_cmpeq_epi32(_mm256_max_epu32(v, tv), v); // v >= t, unsigned
+        const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(take));
+        if (!mask) {
+            _mm256_storeu_si256((__m256i *)(slot + k), none);
+            continue;
+        }
+        const __m256i rank = _mm256_add_epi32(_mm256_set1_epi32((int)j),
+                                              _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)kLanes.rank[mask])));
+        _mm256_storeu_si256((__m256i *)(slot + k), _mm256_blendv_epi8(none, rank, take));
+        const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32((int)k),
+                                             _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)kLanes.pack[mask])));
+        _mm256_storeu_si256((__m256i *)(chan_row + j), idx);
+        j += __builtin_popcount((unsigned)mask);
+    }
+    for (; k < L; ++k) {
+        const int tk = key[k] >= t;
+        slot[k] = tk ? (int32_t)j : -1;
+        chan_row[j] = (int32_t)k;
+        j += tk;
+    }
+    return j;
+}
+
+// Eight lanes at a time: compare, then the kept lanes moved to the front with one permute and
+// stored whole (the extra lanes land at or below entries already read, and are overwritten).
+CAMDROP_AVX2 int64_t compact32_avx2(const uint32_t *src, int64_t m, uint32_t *dst, int shift, uint32_t prefix) {
+    const __m256i want = _mm256_set1_epi32((int)prefix);
+    const __m128i count = _mm_cvtsi32_si128(shift);
+    int64_t kept = 0, t = 0;
+    for (; t + 8 <= m; t += 8) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(src + t));
+        const __m256i eq = _mm256_cmpeq_epi32(_mm256_srl_epi32(v, count), want);
+        const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(eq));
+        const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)kLanes.pack[mask]));
+        _mm256_storeu_si256((__m256i *)(dst + kept), _mm256_permutevar8x32_epi32(v, perm));
+        kept += __builtin_popcount((unsigned)mask);
+    }
+    for (; t < m; ++t) {
+        const uint32_t v = src[t];
+        dst[kept] = v;
+        kept += (v >> shift) == prefix;
+    }
+    return kept;
+}
+#endif
+
+} // namespace
+
+// The dtype switch once per row; built for AVX2 and the baseline (the key loops vectorise).
+CAMDROP_CLONES int row_keys(const char *row, int type, int64_t start, int64_t n, void *keys) {
+    switch (type) {
+    case kF32: {
+        uint32_t *CAMDROP_RESTRICT key = static_cast<uint32_t *>(keys);
+        const uint32_t *CAMDROP_RESTRICT v = reinterpret_cast<const uint32_t *>(row) + start;
+        for (int64_t k = 0; k < n; ++k) key[k] = order_key32(v[k]);
+        return 32;
+    }
+    case kBF16: {
+        uint32_t *CAMDROP_RESTRICT key = static_cast<uint32_t *>(keys);
+        const uint16_t *CAMDROP_RESTRICT v = reinterpret_cast<const uint16_t *>(row) + start;
+        for (int64_t k = 0; k < n; ++k) key[k] = order_key32((uint32_t)v[k] << 16);
+        return 32;
+    }
+    case kF16: {
+        uint32_t *CAMDROP_RESTRICT key = static_cast<uint32_t *>(keys);
+        const uint16_t *CAMDROP_RESTRICT v = reinterpret_cast<const uint16_t *>(row) + start;
+        for (int64_t k = 0; k < n; ++k) key[k] = order_key32(f32_to_bits(f16_to_f32(v[k])));
+        return 32;
+    }
+    default: {
+        uint64_t *CAMDROP_RESTRICT key = static_cast<uint64_t *>(keys);
+        const double *CAMDROP_RESTRICT v = reinterpret_cast<const double *>(row) + start;
+        for (int64_t k = 0; k < n; ++k) key[k] = order_key64(v[k]);
+        return 64;
+    }
+    }
+}
+
+int64_t compact(const uint32_t *src, int64_t m, uint32_t *dst, int shift, uint32_t prefix) {
+#if defined(CAMDROP_X86)
+    if (have_avx2 && m >= 64) return compact32_avx2(src, m, dst, shift, prefix);
+#endif
+    int64_t kept = 0;
+    for (int64_t t = 0; t < m; ++t) {
+        const uint32_t v = src[t];
+        dst[kept] = v;
+        kept += (v >> shift) == prefix;
+    }
+    return kept;
+}
+
+bool take_top_fast(const uint32_t *key, int64_t L, uint32_t t, int32_t *slot, int32_t *chan_row, int64_t *taken) {
+#if defined(CAMDROP_X86)
+    if (have_avx2) {
+        *taken = take_top32_avx2(key, L, t, slot, chan_row);
+        return true;
+    }
+#endif
+    (void)key, (void)L, (void)t, (void)slot, (void)chan_row, (void)taken;
+    return false;
+}
+
+} // namespace camdrop
