@@ -208,3 +208,147 @@ def test_the_fused_forward_finds_the_pools_barrier():
     info = load_hooks().info()
     if info["openmp"]:
         assert info["barrier"], "with torch's OpenMP pool the forward runs in one parallel region"
+
+
+# ------------------------------------------------------------------------------------------------
+# The product and its hooks; what the entry points refuse (issue 21 items 1 and 14)
+# ------------------------------------------------------------------------------------------------
+def test_the_product_has_no_test_hooks():
+    """The hooks live in _native_testing (built with -DCAMDROP_TESTING), not in _native."""
+    from camdrop_kernels import _native
+
+    assert {"build", "apply", "forward"} <= set(dir(_native))
+    assert not {"top_n", "uniform", "info"} & set(dir(_native))
+    hooks = load_hooks()
+    assert {"top_n", "uniform", "info"} <= set(dir(hooks))
+    assert not {"build", "apply", "forward"} & set(dir(hooks))
+
+
+def test_native_testing_extension_is_built_in_ci():
+    import os
+
+    if os.environ.get("CI") != "true":
+        pytest.skip("only checked in CI")
+    load_hooks()  # fails in CI when absent
+
+
+def _state(N=2, C=8, S=(6, 7), n_chan=2, scale_dtype=torch.float32):
+    P = math.prod(S)
+    return [torch.empty(N, C, dtype=torch.int32), torch.empty(N, n_chan, (P + 31) // 32, dtype=torch.int32),
+            torch.empty(N, dtype=scale_dtype), torch.empty(N, dtype=torch.int64), torch.empty(N, dtype=torch.float32)]
+
+
+def _args(N=2, C=8, S=(6, 7), dtype=torch.float32):
+    """Valid (build, apply, forward) argument lists, tensors first, then the scalars."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((N, C) + S, generator=g).to(dtype)
+    cam, alpha = torch.randn((N,) + S, generator=g), torch.randn(N, C, generator=g)
+    seed, p = torch.tensor(5), torch.tensor(0.7, dtype=torch.float64)
+    scalars = [3, 0, 4, 2, 1, 1.0, 0, 1]
+    build = [cam, alpha, seed, p] + _state(N, C, S, scale_dtype=torch.float64 if dtype == torch.float64
+                                           else torch.float32) + scalars
+    from camdrop_kernels import _native
+
+    _native.build(*[to_dlpack(a) if isinstance(a, torch.Tensor) else a for a in build])
+    slots, bits, scale = build[4:7]
+    apply = [x, torch.empty_like(x), slots, bits, scale, 1]
+    forward = [x, torch.empty_like(x), cam, alpha, seed, p] + _state(N, C, S, scale_dtype=scale.dtype) + scalars
+    return {"build": build, "apply": apply, "forward": forward}
+
+
+_NAMES = {"build": ["cam", "alpha", "seed", "drop_prob", "slots", "bits", "scale", "dropped", "rate"],
+          "apply": ["x", "y", "slots", "bits", "scale"],
+          "forward": ["x", "y", "cam", "alpha", "seed", "drop_prob", "slots", "bits", "scale", "dropped", "rate"]}
+
+
+def _call(name, args):
+    from camdrop_kernels import _native
+
+    return getattr(_native, name)(*[to_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args])
+
+
+def _misaligned(t):
+    """t's values at a data pointer one byte past an aligned one (torch.frombuffer(..., offset=1))."""
+    m = torch.frombuffer(bytearray(t.numel() * t.element_size() + 1), dtype=t.dtype, offset=1, count=t.numel())
+    return m.view(t.shape).copy_(t)
+
+
+@pytest.mark.parametrize("name", ["build", "apply", "forward"])
+def test_misaligned_data_pointers_are_refused_by_name(name):
+    """Issue 21 item 14: a tensor whose data pointer is not aligned to its element size reached typed
+    loads and stores (UBSan: row_keys, scale_run, zero_run, zero_row, sample_scale, mask_plane_f32,
+    plane_any). Each argument is now refused, by name; the Python side makes aligned copies."""
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        args = _args(dtype=dtype)[name]
+        for k, arg_name in enumerate(_NAMES[name]):
+            bad = list(args)
+            bad[k] = _misaligned(args[k])
+            size = args[k].element_size()
+            with pytest.raises(ValueError, match=f"^{arg_name}'s data pointer is not aligned to its {size}-byte"):
+                _call(name, bad)
+
+
+@pytest.mark.parametrize("name", ["build", "apply", "forward"])
+def test_tensors_without_storage_are_refused_by_name(name):
+    """Issue 21 item 1: torch._efficientzerotensor (what torch.sgn's backward hands autograd as dy)
+    has no storage: its DLPack data pointer is 0, which the apply read (SIGSEGV). Every argument with
+    elements and a null pointer is refused, by name."""
+    args = _args()[name]
+    for k, arg_name in enumerate(_NAMES[name]):
+        bad = list(args)
+        bad[k] = torch._efficientzerotensor(args[k].shape, dtype=args[k].dtype)
+        assert bad[k].data_ptr() == 0
+        with pytest.raises(ValueError, match=f"^{arg_name} has {args[k].numel()} elements but a null data pointer"):
+            _call(name, bad)
+
+
+def test_empty_tensors_are_accepted_without_touching_memory():
+    """Tensors without elements (whatever their data pointer, even null) never reach memset/memcpy:
+    build with no samples, no channels or no pixels, apply and forward on an empty x."""
+    seed, p = torch.tensor(5), torch.tensor(0.7, dtype=torch.float64)
+
+    def zero(shape):  # no elements: a null data pointer; else real values
+        return torch._efficientzerotensor(shape) if math.prod(shape) == 0 else torch.randn(shape)
+
+    for N, C, S in ((0, 8, (6, 7)), (2, 0, (6, 7)), (2, 8, (0, 7)), (0, 0, (0,))):
+        P = math.prod(S)
+        cam, alpha = zero((N,) + S), zero((N, C))
+        state = _state(N, C, S, n_chan=1)
+        _call("build", [cam, alpha, seed, p] + state + [3, 0, 1, 1, 1, 1.0, 0, 2])
+        x = zero((N, C) + S)
+        y = torch.empty((N, C) + S)
+        _call("apply", [x, y, state[0], state[1], state[2], 2])
+        _call("forward", [x, y, cam, alpha, seed, p] + _state(N, C, S, n_chan=1) + [3, 0, 1, 1, 1, 1.0, 0, 2])
+        if N and C and not P:
+            assert torch.equal(state[3], torch.zeros(N, dtype=torch.int64))  # nothing to drop
+
+
+def test_huge_strides_on_size_one_axes_give_the_same_output():
+    """A size-1 axis may carry any stride (torch.as_strided allows 2**62): the layout tests multiply
+    sizes by strides, which overflowed int64 there; they now check the product."""
+    x = torch.randn(2, 8, 2, 1, 5)
+    want = torch.empty_like(x)
+    cam, alpha = torch.randn(2, 2, 1, 5), torch.randn(2, 8)
+    state = _state(2, 8, (2, 1, 5))
+    scalars = [3, 0, 4, 2, 1, 1.0, 0, 1]
+    _call("build", [cam, alpha, torch.tensor(5), torch.tensor(0.9, dtype=torch.float64)] + state + scalars)
+    _call("apply", [x, want, state[0], state[1], state[2], 1])
+    for stride in (2**62, 2**63 - 1, 2**40):
+        odd = x.as_strided(x.shape, (80, 10, 5, stride, 1))
+        y = torch.empty_like(x).as_strided(x.shape, (80, 10, 5, stride, 1))
+        _call("apply", [odd, y, state[0], state[1], state[2], 1])
+        assert torch.equal(_bits(y.contiguous()), _bits(want)), stride
+
+
+def test_strides_reaching_past_the_limit_are_refused():
+    """A DLPack producer may describe elements past 2**62 bytes (numpy's as_strided checks nothing):
+    the index products would overflow, so such tensors are refused before any access."""
+    import numpy as np
+
+    args = _args()["apply"]
+    a = np.zeros(4, dtype=np.float32)
+    huge = np.lib.stride_tricks.as_strided(a, shape=tuple(args[0].shape), strides=(0, 0, 2**62, 4))
+    from camdrop_kernels import _native
+
+    with pytest.raises(ValueError, match="^x's strides reach past 2\\*\\*62 bytes"):
+        _native.apply(huge.__dlpack__(), *[to_dlpack(t) for t in args[1:5]], 1)
