@@ -13,8 +13,8 @@ import os
 
 from setuptools import Extension, setup
 
-HEADERS = [f"csrc/{name}.h" for name in ("common", "py", "dlpack", "threads", "philox", "floats", "ranking",
-                                          "geometry", "build", "apply_kernels", "apply", "forward")]
+HEADERS = [f"csrc/{name}.h" for name in ("common", "py", "dlpack", "threads", "philox", "floats", "order_keys",
+                                          "ranking", "geometry", "build", "apply_kernels", "apply", "forward")]
 FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fno-exceptions", "-fno-rtti"]
 
 

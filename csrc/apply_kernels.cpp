@@ -1,62 +1,11 @@
-// apply's vectorised loops: the scaled copy (built for AVX2 and the baseline) and the float32
-// AVX2 passes that multiply and mask in one go.
+// apply's float32 AVX2 passes that multiply and mask in one go.
 #include "apply_kernels.h"
-
-#include "floats.h"
 
 #if defined(CAMDROP_X86)
 #include <immintrin.h>
 #endif
 
 namespace camdrop {
-
-namespace {
-
-// One element type's loop: Load widens to the compute type, Store rounds back once. Inlined into
-// each clone of scale_run, so it is compiled for AVX2 there.
-template <typename T, typename S, S (*Load)(T), T (*Store)(S)>
-__attribute__((always_inline)) inline void scale_loop(const T *x, int64_t sx, T *y, int64_t sy, int64_t n, S s) {
-    if (x == y && sx == sy) { // in place: one pointer, so nothing is assumed about aliasing
-        for (int64_t k = 0; k < n; ++k) y[k * sy] = Store(Load(y[k * sy]) * s);
-        return;
-    }
-    const T *CAMDROP_RESTRICT xs = x; // distinct from y: the caller checked that no element is shared
-    T *CAMDROP_RESTRICT ys = y;
-    if (sx == 1 && sy == 1)
-        for (int64_t k = 0; k < n; ++k) ys[k] = Store(Load(xs[k]) * s);
-    else
-        for (int64_t k = 0; k < n; ++k) ys[k * sy] = Store(Load(xs[k * sx]) * s);
-}
-
-template <typename T>
-inline T same(T v) {
-    return v;
-}
-
-} // namespace
-
-// The multiply is the bulk of the work, and torch's own multiply uses the wider vectors too.
-CAMDROP_CLONES void scale_run(int type, const char *x, int64_t sx, char *y, int64_t sy, int64_t n, double s64,
-                              float s32) {
-    switch (type) {
-    case kF32:
-        scale_loop<float, float, same<float>, same<float>>(reinterpret_cast<const float *>(x), sx,
-                                                             reinterpret_cast<float *>(y), sy, n, s32);
-        break;
-    case kF64:
-        scale_loop<double, double, same<double>, same<double>>(reinterpret_cast<const double *>(x), sx,
-                                                                 reinterpret_cast<double *>(y), sy, n, s64);
-        break;
-    case kBF16:
-        scale_loop<uint16_t, float, bf16_to_f32, f32_to_bf16>(reinterpret_cast<const uint16_t *>(x), sx,
-                                                              reinterpret_cast<uint16_t *>(y), sy, n, s32);
-        break;
-    default:
-        scale_loop<uint16_t, float, f16_to_f32, f32_to_f16>(reinterpret_cast<const uint16_t *>(x), sx,
-                                                            reinterpret_cast<uint16_t *>(y), sy, n, s32);
-        break;
-    }
-}
 
 #if defined(CAMDROP_X86)
 // 8 lanes at a time: a lane's bit shifted down by its lane index, then a compare makes an all-ones

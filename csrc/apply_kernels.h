@@ -1,14 +1,10 @@
-// The inner loops of apply: scaled copies, zeroed runs, and the float32 AVX2 passes that multiply
-// and mask at once. Pointers are to elements of x and y; strides are in elements.
+// The inner loops of apply: zeroed runs, and the float32 AVX2 passes that multiply and mask at
+// once (the scaled copy, scale_run, is in apply.cpp). Pointers are to elements of x and y; strides are in elements.
 #pragma once
 
 #include "common.h"
 
 namespace camdrop {
-
-// y[k*sy] = x[k*sx] * s for k < n, one rounding to the dtype (float32 math below float64: s32,
-// else s64). x == y (in place, same strides) or the two share no element.
-void scale_run(int type, const char *x, int64_t sx, char *y, int64_t sy, int64_t n, double s64, float s32);
 
 #if defined(CAMDROP_X86)
 // float32, x and y contiguous, AVX2 (have_avx2). x == y or disjoint.

@@ -12,7 +12,8 @@
 #endif
 
 // A function built twice, for AVX2 and for the baseline, one picked at load time (GCC on Linux
-// x86-64: an ifunc). Elsewhere a plain function.
+// x86-64: an ifunc). Elsewhere a plain function. Use it on functions with internal linkage only:
+// GCC exports a target_clones function's ifunc whatever its visibility.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define CAMDROP_CLONES __attribute__((target_clones("avx2", "default")))
 #else

@@ -181,6 +181,7 @@ int check_dense(const View &v, const char *name, int type, int ndim, const int64
 // Sufficient test: sorted by stride, each stride exceeds the span of the smaller ones, so writing
 // every element never writes one location twice. (Spans fit: get_view bounds them.)
 bool non_overlapping(const View &v) {
+    if (v.numel == 0) return true;
     int order[kMaxDims], n = 0;
     for (int d = 0; d < v.ndim; ++d)
         if (v.shape[d] > 1) order[n++] = d;

@@ -1,9 +1,5 @@
-// Order keys of a row, and the vectorised pieces of the ranking (ranking.h has the rest).
+// The vectorised pieces of the ranking (ranking.h has the rest, order_keys.h the keys).
 #include "ranking.h"
-
-#include <cmath>
-
-#include "floats.h"
 
 #if defined(CAMDROP_X86)
 #include <immintrin.h>
@@ -12,24 +8,6 @@
 namespace camdrop {
 
 namespace {
-
-// An unsigned integer that orders like the ranking key: NaN as -inf, -0.0 as +0.0, then the IEEE
-// bits with every bit flipped for negatives and the sign bit flipped for the rest (branch-free).
-// float16/bfloat16/float32 rows use 32-bit keys of their exact float32 values; float64 64-bit.
-inline uint64_t order_key64(double v) {
-    v = v != v ? -INFINITY : v + 0.0;
-    uint64_t u;
-    std::memcpy(&u, &v, 8);
-    const uint64_t neg = (uint64_t)((int64_t)u >> 63);
-    return u ^ (neg | ((uint64_t)1 << 63));
-}
-
-inline uint32_t order_key32(uint32_t u) {
-    u = (int32_t)(u & 0x7FFFFFFFu) > 0x7F800000 ? 0xFF800000u : u; // NaN -> -inf (a signed compare: vectorises)
-    u = u == 0x80000000u ? 0u : u;                                // -0.0 -> +0.0
-    const uint32_t neg = (uint32_t)((int32_t)u >> 31);
-    return u ^ (neg | 0x80000000u);
-}
 
 #if defined(CAMDROP_X86)
 // For an 8-bit lane mask: byte r of pack[mask] = the index of mask's r-th set bit; byte l of
@@ -110,36 +88,6 @@ CAMDROP_AVX2 int64_t compact32_avx2(const uint32_t *src, int64_t m, uint32_t *ds
 #endif
 
 } // namespace
-
-// The dtype switch once per row; built for AVX2 and the baseline (the key loops vectorise).
-CAMDROP_CLONES int row_keys(const char *row, int type, int64_t start, int64_t n, void *keys) {
-    switch (type) {
-    case kF32: {
-        uint32_t *CAMDROP_RESTRICT key = static_cast<uint32_t *>(keys);
-        const uint32_t *CAMDROP_RESTRICT v = reinterpret_cast<const uint32_t *>(row) + start;
-        for (int64_t k = 0; k < n; ++k) key[k] = order_key32(v[k]);
-        return 32;
-    }
-    case kBF16: {
-        uint32_t *CAMDROP_RESTRICT key = static_cast<uint32_t *>(keys);
-        const uint16_t *CAMDROP_RESTRICT v = reinterpret_cast<const uint16_t *>(row) + start;
-        for (int64_t k = 0; k < n; ++k) key[k] = order_key32((uint32_t)v[k] << 16);
-        return 32;
-    }
-    case kF16: {
-        uint32_t *CAMDROP_RESTRICT key = static_cast<uint32_t *>(keys);
-        const uint16_t *CAMDROP_RESTRICT v = reinterpret_cast<const uint16_t *>(row) + start;
-        for (int64_t k = 0; k < n; ++k) key[k] = order_key32(f32_to_bits(f16_to_f32(v[k])));
-        return 32;
-    }
-    default: {
-        uint64_t *CAMDROP_RESTRICT key = static_cast<uint64_t *>(keys);
-        const double *CAMDROP_RESTRICT v = reinterpret_cast<const double *>(row) + start;
-        for (int64_t k = 0; k < n; ++k) key[k] = order_key64(v[k]);
-        return 64;
-    }
-    }
-}
 
 int64_t compact(const uint32_t *src, int64_t m, uint32_t *dst, int shift, uint32_t prefix) {
 #if defined(CAMDROP_X86)

@@ -1,6 +1,6 @@
 // The ranking of SPEC.md steps 1-2: larger first, NaN as -inf, -0.0 == +0.0, ties to the lower index.
 //
-// A row's values become unsigned keys that order like the rule (row_keys); then, over the keys:
+// A row's values become unsigned keys that order like the rule (order_keys.h); then, over the keys:
 //
 //   top_n_heap  a heap of the n best entries so far, its worst on top (fed in index order, so an
 //               entry that only ties the top never displaces it): O(L log n) comparisons in the
@@ -42,10 +42,6 @@ struct Visits {
 #endif
 
 constexpr int64_t kAllTies = INT64_MAX; // need_eq when every key equal to the threshold is in
-
-// key[k] = the order key of row[start + k] for k < n (row: float16/bfloat16/float32 -> uint32_t
-// keys, float64 -> uint64_t keys, at ``keys``); returns the key width in bits.
-int row_keys(const char *row, int type, int64_t start, int64_t n, void *keys);
 
 // dst[0..kept) = the entries v of src[0..m) with v >> shift == prefix, in order (dst may be src);
 // returns kept. (AVX2 for 32-bit keys where the CPU has it.)
@@ -202,7 +198,7 @@ void top_n(const Key *key, int64_t L, int64_t n, int64_t *cand, uint8_t *mark, V
     visits += (uint64_t)L;
 }
 
-// top_n on a row of keys ``bits`` wide (row_keys' answer).
+// top_n on a row of keys ``bits`` wide (row_keys' answer, order_keys.h).
 template <typename V>
 void top_n(const void *key, int bits, int64_t L, int64_t n, int64_t *cand, uint8_t *mark, V &visits) {
     if (bits == 32) top_n(static_cast<const uint32_t *>(key), L, n, cand, mark, visits);

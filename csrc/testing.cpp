@@ -15,6 +15,7 @@
 #include <cstdlib>
 
 #include "dlpack.h"
+#include "order_keys.h"
 #include "philox.h"
 #include "ranking.h"
 #include "threads.h"
