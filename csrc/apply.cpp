@@ -122,11 +122,13 @@ void apply_blocks(void *p, int64_t begin, int64_t end, int) {
             // the plane), then the top planes' dropped runs zeroed while they are in cache.
             scale_run(a->x.type, x + c0 * P * es, 1, y + c0 * P * es, 1, (c1 - c0) * P, s64, s32);
             if (a->count && a->count[i] == 0) continue; // nothing dropped in this sample
-            const int32_t *chan = a->chan + i * a->n_chan;
-            for (int64_t j = 0; j < a->n_chan; ++j) { // the top channels in this block (chan: -1 or < C)
+            const int64_t n_chan = a->n_chan, words = a->words, width = c1 - c0;
+            const int32_t *chan = a->chan + i * n_chan;
+            const uint32_t *planes = a->bits + i * n_chan * words;
+            for (int64_t j = 0; j < n_chan; ++j) { // the top channels in this block (chan: -1 or < C)
                 const int64_t c = chan[j];
-                if (c < c0 || c >= c1) continue;
-                const uint32_t *plane = a->bits + (i * a->n_chan + j) * a->words;
+                if ((uint64_t)(c - c0) >= (uint64_t)width) continue; // c outside [c0, c1), -1 included
+                const uint32_t *plane = planes + j * words;
                 if (!plane_any(plane, P)) continue;
 #if defined(CAMDROP_X86)
                 if (fused) {

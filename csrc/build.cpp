@@ -171,12 +171,18 @@ void build_body(void *ctx, int64_t begin, int64_t end, int thread) {
         if (gamma >= 1.0f) {
             // U < 1 always (its largest value is 1 - 2**-24): every eligible seed fires, and every
             // top channel's plane is the same. Stamp one, copy it.
+            const int64_t words = b->words, n_chan = b->n_chan;
             stamp<true>(planes, g, s.elig, m, nullptr, gamma);
             int64_t plane_count = 0;
-            for (int64_t w = 0; w < b->words; ++w) plane_count += popcount32(planes[w]);
-            for (int64_t j = 1; j < b->n_chan; ++j)
-                copy_bytes(planes + j * b->words, planes, sizeof(uint32_t) * (size_t)b->words);
-            count = plane_count * b->n_chan;
+            for (int64_t w = 0; w < words; ++w) plane_count += popcount32(planes[w]);
+            // Planes [0, done) hold the stamp: copy them after themselves, doubling each time (log2 n'
+            // copies rather than n' - 1 small ones).
+            for (int64_t done = 1; done < n_chan;) {
+                const int64_t k = done < n_chan - done ? done : n_chan - done;
+                copy_bytes(planes + done * words, planes, sizeof(uint32_t) * (size_t)(k * words));
+                done += k;
+            }
+            count = plane_count * n_chan;
         } else if (gamma > 0.0f && m > 0) {
             draw_seeds(b, i, s, m, gamma, planes);
             for (int64_t w = 0; w < b->n_chan * b->words; ++w) count += popcount32(planes[w]);
@@ -231,8 +237,9 @@ int build_prepare(BuildPlan *bp, BuildViews &v, const BuildParams &p, bool want_
     // Products below stay exact in int64 and double: the logical x (N, C, P), counting an empty
     // axis as 1, holds at most 2**52 elements (slot, Philox offset and scale arithmetic).
     constexpr int64_t kMax = (int64_t)1 << 52;
-    if (P > ((int64_t)1 << 40) || C > ((int64_t)1 << 30) || max_chan > kMax / max_pix ||
-        (N > 0 && max_chan * max_pix > kMax / N))
+    int64_t plane_elems, total; // C*P and N*C*P (an empty axis counted as 1)
+    if (P > ((int64_t)1 << 40) || C > ((int64_t)1 << 30) || __builtin_mul_overflow(max_chan, max_pix, &plane_elems) ||
+        plane_elems > kMax || __builtin_mul_overflow(plane_elems, N, &total) || total > kMax)
         return fail(PyExc_ValueError, "the tensor is too large for the CPU kernels");
     if (make_geometry(&bp->g, S, rank, p.block_size, p.diamond != 0)) {
         PyErr_NoMemory();

@@ -100,46 +100,48 @@ int get_view(PyObject *obj, const char *name, View *v) {
     v->type = dtype_of(t->dtype);
     v->esize = t->dtype.bits / 8;
     v->ndim = t->ndim;
-    // Sizes and strides; numel without overflow (a zero size anywhere makes it 0).
-    bool empty = false;
-    for (int d = 0; d < t->ndim; ++d) {
-        if (t->shape[d] < 0) return fail(PyExc_ValueError, "%s has a negative size", name);
-        empty |= t->shape[d] == 0;
-    }
-    v->numel = empty ? 0 : 1;
-    int64_t expected = 1; // the row-major stride, when DLPack gives none
+    // One pass over the dims: sizes and strides; numel; and the span, (size - 1) * stride summed
+    // over the dims: the farthest element from the first. Overflows are noted, and are errors
+    // unless some size is 0 (no elements: nothing is ever read).
+    int64_t numel = 1, span = 0, expected = 1; // expected: the row-major stride, when DLPack gives none
+    bool empty = false, overflow = false, far = false;
     for (int d = t->ndim - 1; d >= 0; --d) {
-        v->shape[d] = t->shape[d];
-        v->strides[d] = t->strides ? t->strides[d] : expected;
-        if (v->strides[d] < 0) return fail(PyExc_ValueError, "%s has a negative stride", name);
-        if (!empty && (__builtin_mul_overflow(v->numel, v->shape[d], &v->numel) || v->numel > kLimit))
-            return fail(PyExc_ValueError, "%s has more than 2**62 elements", name);
-        if (!empty) expected *= t->shape[d]; // <= numel: no overflow
+        const int64_t size = t->shape[d], stride = t->strides ? t->strides[d] : expected;
+        if (size < 0) return fail(PyExc_ValueError, "%s has a negative size", name);
+        if (stride < 0) return fail(PyExc_ValueError, "%s has a negative stride", name);
+        v->shape[d] = size;
+        v->strides[d] = stride;
+        int64_t term;
+        empty |= size == 0;
+        overflow |= __builtin_mul_overflow(numel, size, &numel) || numel > kLimit;
+        far |= __builtin_mul_overflow(size - 1, stride, &term) || __builtin_add_overflow(span, term, &span);
+        expected = numel; // (only read while it is exact: an overflow is refused below)
     }
+    v->numel = empty ? 0 : numel;
     // The data pointer: byte_offset added as an integer (never pointer arithmetic on NULL).
     uintptr_t addr = (uintptr_t)t->data;
     if (addr && __builtin_add_overflow(addr, (uintptr_t)t->byte_offset, &addr))
         return fail(PyExc_ValueError, "%s has a byte offset past the address space", name);
-    if (v->numel > 0) {
+    if (!empty) {
+        if (overflow) return fail(PyExc_ValueError, "%s has more than 2**62 elements", name);
         if (!t->data)
             return fail(PyExc_ValueError,
                         "%s has %lld elements but a null data pointer (a tensor without storage, such as "
                         "torch._efficientzerotensor's: materialise it first)",
-                        name, (long long)v->numel);
-        // The farthest element, (size - 1) * stride summed over the dims, in bytes: below 2**62 and
-        // inside the address space, so that every index product the kernels form fits.
-        int64_t span = 0, term;
-        for (int d = 0; d < v->ndim; ++d)
-            if (__builtin_mul_overflow(v->shape[d] - 1, v->strides[d], &term) ||
-                __builtin_add_overflow(span, term, &span) || span >= kLimit / v->esize)
-                return fail(PyExc_ValueError, "%s's strides reach past 2**62 bytes", name);
+                        name, (long long)numel);
+        // The span in bytes below 2**62 and inside the address space, so that every index product
+        // the kernels form, (index < size) * stride, fits in int64.
+        // (kLimit / esize: a shift for a power of 2, every type the kernels read)
+        const int64_t max_span = (v->esize & (v->esize - 1)) ? kLimit / v->esize
+                                                             : kLimit >> __builtin_ctz((unsigned)v->esize);
+        if (far || span >= max_span) return fail(PyExc_ValueError, "%s's strides reach past 2**62 bytes", name);
         uintptr_t last;
         if (__builtin_add_overflow(addr, (uintptr_t)((span + 1) * v->esize), &last))
             return fail(PyExc_ValueError, "%s's elements reach past the address space", name);
         // Typed loads and stores need the element's alignment (the strides are whole elements, so
         // an aligned first element makes every element aligned). Types no entry point accepts are
         // refused by its type checks instead.
-        if (v->type != kOther && addr % (uintptr_t)v->esize)
+        if (v->type != kOther && (addr & (uintptr_t)(v->esize - 1))) // the known types' sizes are powers of 2
             return fail(PyExc_ValueError, "%s's data pointer is not aligned to its %d-byte element size", name,
                         v->esize);
     }

@@ -1,15 +1,14 @@
-// The vectorised pieces of the ranking (ranking.h has the rest, order_keys.h the keys).
+// The vectorised pieces of the ranking (ranking.h has the rest, order_keys.h the keys): AVX2, for
+// 32-bit keys, picked at run time by ranking.h.
 #include "ranking.h"
 
 #if defined(CAMDROP_X86)
 #include <immintrin.h>
-#endif
 
 namespace camdrop {
 
 namespace {
 
-#if defined(CAMDROP_X86)
 // For an 8-bit lane mask: byte r of pack[mask] = the index of mask's r-th set bit; byte l of
 // rank[mask] = the number of set bits of mask below bit l.
 struct LaneTables {
@@ -32,6 +31,8 @@ constexpr LaneTables make_lane_tables() {
 }
 
 constexpr LaneTables kLanes = make_lane_tables();
+
+} // namespace
 
 // take_top where every tie is in (entries >= t): eight at a time, a lane's rank from its mask's
 // bits below it; the taken entries' indices packed to the front and stored whole at chan_row + j
@@ -85,32 +86,5 @@ CAMDROP_AVX2 int64_t compact32_avx2(const uint32_t *src, int64_t m, uint32_t *ds
     }
     return kept;
 }
-#endif
-
-} // namespace
-
-int64_t compact(const uint32_t *src, int64_t m, uint32_t *dst, int shift, uint32_t prefix) {
-#if defined(CAMDROP_X86)
-    if (have_avx2 && m >= 64) return compact32_avx2(src, m, dst, shift, prefix);
-#endif
-    int64_t kept = 0;
-    for (int64_t t = 0; t < m; ++t) {
-        const uint32_t v = src[t];
-        dst[kept] = v;
-        kept += (v >> shift) == prefix;
-    }
-    return kept;
-}
-
-bool take_top_fast(const uint32_t *key, int64_t L, uint32_t t, int32_t *slot, int32_t *chan_row, int64_t *taken) {
-#if defined(CAMDROP_X86)
-    if (have_avx2) {
-        *taken = take_top32_avx2(key, L, t, slot, chan_row);
-        return true;
-    }
-#endif
-    (void)key, (void)L, (void)t, (void)slot, (void)chan_row, (void)taken;
-    return false;
-}
-
 } // namespace camdrop
+#endif

@@ -43,13 +43,24 @@ struct Visits {
 
 constexpr int64_t kAllTies = INT64_MAX; // need_eq when every key equal to the threshold is in
 
-// dst[0..kept) = the entries v of src[0..m) with v >> shift == prefix, in order (dst may be src);
-// returns kept. (AVX2 for 32-bit keys where the CPU has it.)
-int64_t compact(const uint32_t *src, int64_t m, uint32_t *dst, int shift, uint32_t prefix);
-inline int64_t compact(const uint64_t *src, int64_t m, uint64_t *dst, int shift, uint64_t prefix) {
+#if defined(CAMDROP_X86)
+// The AVX2 pieces (ranking.cpp), for 32-bit keys: compact and take_top (every tie in) 8 at a time.
+int64_t compact32_avx2(const uint32_t *src, int64_t m, uint32_t *dst, int shift, uint32_t prefix);
+int64_t take_top32_avx2(const uint32_t *key, int64_t L, uint32_t t, int32_t *slot, int32_t *chan_row);
+#endif
+
+// dst[0..kept) = the entries v of src[0..m) with v >> shift == prefix, in order (dst may be src:
+// kept <= t); returns kept. Branch-free: every entry is stored, the count advances on a match.
+template <typename Key>
+inline int64_t compact(const Key *src, int64_t m, Key *dst, int shift, Key prefix) {
+#if defined(CAMDROP_X86)
+    if (sizeof(Key) == 4 && have_avx2 && m >= 64)
+        return compact32_avx2(reinterpret_cast<const uint32_t *>(src), m, reinterpret_cast<uint32_t *>(dst), shift,
+                              (uint32_t)prefix);
+#endif
     int64_t kept = 0;
     for (int64_t t = 0; t < m; ++t) {
-        const uint64_t v = src[t];
+        const Key v = src[t];
         dst[kept] = v;
         kept += (v >> shift) == prefix;
     }
@@ -57,8 +68,17 @@ inline int64_t compact(const uint64_t *src, int64_t m, uint64_t *dst, int shift,
 }
 
 // take_top where every tie is in, vectorised (AVX2, 32-bit keys): true and *taken set when it ran.
-bool take_top_fast(const uint32_t *key, int64_t L, uint32_t t, int32_t *slot, int32_t *chan_row, int64_t *taken);
-inline bool take_top_fast(const uint64_t *, int64_t, uint64_t, int32_t *, int32_t *, int64_t *) { return false; }
+template <typename Key>
+inline bool take_top_fast(const Key *key, int64_t L, Key t, int32_t *slot, int32_t *chan_row, int64_t *taken) {
+#if defined(CAMDROP_X86)
+    if (sizeof(Key) == 4 && have_avx2) {
+        *taken = take_top32_avx2(reinterpret_cast<const uint32_t *>(key), L, (uint32_t)t, slot, chan_row);
+        return true;
+    }
+#endif
+    (void)key, (void)L, (void)t, (void)slot, (void)chan_row, (void)taken;
+    return false;
+}
 
 // Entry a ranks below entry b.
 template <typename Key>
@@ -120,7 +140,7 @@ Key nth_key(const Key *key, int64_t L, int64_t n, Key *cand, int64_t *need_eq, V
             h4[3][(key[k + 3] >> shift) & 255]++;
         }
         for (; k < k1; ++k) h4[0][(key[k] >> shift) & 255]++;
-        for (int d = 0; d < 256; ++d) hist[d] += (int64_t)h4[0][d] + h4[1][d] + h4[2][d] + h4[3][d];
+        for (int d = 0; d < 256; ++d) hist[d] += h4[0][d] + h4[1][d] + h4[2][d] + h4[3][d]; // < 2**30: int32
     }
     visits += (uint64_t)L;
     Key prefix = 0; // the bytes fixed so far: every candidate's key >> shift equals prefix
