@@ -219,6 +219,9 @@ def test_the_product_has_no_test_hooks():
 
     assert {"build", "apply", "forward"} <= set(dir(_native))
     assert not {"top_n", "uniform", "info"} & set(dir(_native))
+
+
+def test_the_hooks_extension_holds_only_hooks():
     hooks = load_hooks()
     assert {"top_n", "uniform", "info"} <= set(dir(hooks))
     assert not {"build", "apply", "forward"} & set(dir(hooks))
