@@ -1,18 +1,33 @@
 """setup.py beside pyproject.toml (which holds the metadata): the optional native CPU kernels.
 
-``csrc/camdrop_cpu.c`` is a C extension with no torch headers (it builds in about a
-second). It is optional: without a C compiler the install still succeeds and the CPU path
-runs in plain torch, slower but identical bit for bit.
+``csrc/`` is C++17 with no torch headers (it builds in a few seconds). Both extensions are
+optional: without a C++ compiler the install still succeeds and the CPU path runs in plain torch,
+slower but identical bit for bit.
+
+- ``camdrop_kernels._native``: the product (build, apply, forward).
+- ``camdrop_kernels._native_testing``: hooks into the stages for the tests (``-DCAMDROP_TESTING``,
+  from the stage sources it tests plus ``csrc/testing.cpp``); never imported by the package. Set
+  ``CAMDROP_NATIVE_TESTING=0`` to leave it out (a packaged build).
 """
+import os
+
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "camdrop_kernels._native",
-            sources=["csrc/camdrop_cpu.c"],
-            extra_compile_args=["-O3", "-std=c99"],
-            optional=True,
-        )
-    ]
-)
+HEADERS = [f"csrc/{name}.h" for name in ("common", "py", "dlpack", "threads", "philox", "floats", "order_keys",
+                                          "ranking", "geometry", "build", "apply_kernels", "apply", "forward")]
+FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fno-exceptions", "-fno-rtti"]
+
+
+def native(name, stages, macros=()):
+    return Extension(name, sources=[f"csrc/{stage}.cpp" for stage in stages], depends=HEADERS, language="c++",
+                     extra_compile_args=FLAGS, define_macros=list(macros), optional=True)
+
+
+extensions = [native("camdrop_kernels._native",
+                     ["dlpack", "threads", "philox", "ranking", "geometry", "build", "apply_kernels", "apply",
+                      "forward", "module"])]
+if os.environ.get("CAMDROP_NATIVE_TESTING", "1") != "0":
+    extensions.append(native("camdrop_kernels._native_testing", ["dlpack", "threads", "ranking", "testing"],
+                             [("CAMDROP_TESTING", "1")]))
+
+setup(ext_modules=extensions)

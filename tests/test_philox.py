@@ -59,8 +59,10 @@ def test_uniform_is_in_unit_interval():
 
 
 def test_native_stream_matches(monkeypatch):
-    """The native CPU extension's copy of the stream (csrc/camdrop_cpu.c), when built."""
-    native = pytest.importorskip("camdrop_kernels._native")
+    """The native CPU extension's copy of the stream (csrc/philox.h), through its test hooks."""
+    from native_hooks import load_hooks
+
+    native = load_hooks()
     for seed, offset, expected in CHECK_VALUES:
         assert native.uniform(seed, offset) == expected
     rng = random.Random(2024)
@@ -78,3 +80,15 @@ def test_native_extension_is_built_in_ci():
     if os.environ.get("CI") != "true":
         pytest.skip("only checked in CI")
     assert backends.native_available()
+
+
+def test_native_stream_where_c0_is_int32_min():
+    """seed 0, offset 2047882832 ends with c0 = 0x80000000 (found by search): x = INT32_MIN, whose
+    -x - 1 overflowed int32 in the C code (undefined behaviour; GCC happened to fold it to ~x). The
+    word is now mapped on its unsigned bits; U is float32(2**31 - 1) * 2**-31, rounded."""
+    from native_hooks import load_hooks
+
+    assert python_philox_c0(0, 2047882832) == 0x80000000
+    want = python_uniform(0, 2047882832)
+    assert load_hooks().uniform(0, 2047882832) == want == 0.9999999403953552
+    assert philox_uniform(torch.tensor(0), torch.tensor([2047882832])).item() == want
