@@ -13,8 +13,9 @@ import os
 
 from setuptools import Extension, setup
 
-HEADERS = [f"csrc/{name}.h" for name in ("common", "py", "dlpack", "threads", "philox", "floats", "order_keys",
-                                          "ranking", "geometry", "build", "apply_kernels", "apply", "forward")]
+HEADERS = [f"csrc/{name}.h" for name in ("common", "errors", "views", "py", "dlpack", "threads", "philox", "floats",
+                                          "order_keys", "ranking", "geometry", "build", "apply_kernels", "apply",
+                                          "forward")]
 FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fno-exceptions", "-fno-rtti"]
 
 
@@ -23,11 +24,12 @@ def native(name, stages, macros=()):
                      extra_compile_args=FLAGS, define_macros=list(macros), optional=True)
 
 
-extensions = [native("camdrop_kernels._native",
-                     ["dlpack", "threads", "philox", "ranking", "geometry", "build", "apply_kernels", "apply",
-                      "forward", "module"])]
+# The stages (no Python, no torch), then each binding's own files.
+STAGES = ["errors", "views", "threads", "philox", "ranking", "geometry", "build", "apply_kernels", "apply", "forward"]
+extensions = [native("camdrop_kernels._native", STAGES + ["dlpack", "pyerrors", "module"])]
 if os.environ.get("CAMDROP_NATIVE_TESTING", "1") != "0":
-    extensions.append(native("camdrop_kernels._native_testing", ["dlpack", "threads", "ranking", "testing"],
+    extensions.append(native("camdrop_kernels._native_testing",
+                             ["errors", "views", "threads", "ranking", "dlpack", "pyerrors", "testing"],
                              [("CAMDROP_TESTING", "1")]))
 
 setup(ext_modules=extensions)

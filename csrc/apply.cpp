@@ -4,7 +4,6 @@
 #include <cstdlib>
 
 #include "apply_kernels.h"
-#include "dlpack.h"
 #include "floats.h"
 
 namespace camdrop {
@@ -275,13 +274,13 @@ void apply_pixels(void *p, int64_t begin, int64_t end, int) {
 } // namespace
 
 int apply_check(ApplyCtx *a, const View &slots, const View &bits, const View &scale, long long threads) {
-    if (a->x.type > kF64) return fail(PyExc_TypeError, "x must be float16, bfloat16, float32 or float64");
-    if (a->x.ndim < 3 || a->x.ndim > 5) return fail(PyExc_ValueError, "x must be (N, C, *S) with 1 to 3 spatial dims");
-    if (a->y.type != a->x.type || a->y.ndim != a->x.ndim) return fail(PyExc_ValueError, "y must have x's dtype and shape");
+    if (a->x.type > kF64) return fail(Err::Type, "x must be float16, bfloat16, float32 or float64");
+    if (a->x.ndim < 3 || a->x.ndim > 5) return fail(Err::Value, "x must be (N, C, *S) with 1 to 3 spatial dims");
+    if (a->y.type != a->x.type || a->y.ndim != a->x.ndim) return fail(Err::Value, "y must have x's dtype and shape");
     for (int d = 0; d < a->x.ndim; ++d)
-        if (a->y.shape[d] != a->x.shape[d]) return fail(PyExc_ValueError, "y must have x's dtype and shape");
-    if (!non_overlapping(a->y)) return fail(PyExc_ValueError, "y must not have overlapping elements");
-    if (threads < 1 || threads > 4096) return fail(PyExc_ValueError, "threads must be in [1, 4096]");
+        if (a->y.shape[d] != a->x.shape[d]) return fail(Err::Value, "y must have x's dtype and shape");
+    if (!non_overlapping(a->y)) return fail(Err::Value, "y must not have overlapping elements");
+    if (threads < 1 || threads > 4096) return fail(Err::Value, "threads must be in [1, 4096]");
     const int rank = a->x.ndim - 2;
     a->N = a->x.shape[0];
     a->C = a->x.shape[1];
@@ -289,7 +288,7 @@ int apply_check(ApplyCtx *a, const View &slots, const View &bits, const View &sc
     for (int k = 0; k < rank; ++k) a->S[3 - rank + k] = a->x.shape[2 + k];
     a->P = a->S[0] * a->S[1] * a->S[2];
     a->words = (a->P + 31) / 32;
-    if (bits.ndim != 3) return fail(PyExc_ValueError, "bits must be (N, n', words)");
+    if (bits.ndim != 3) return fail(Err::Value, "bits must be (N, n', words)");
     a->n_chan = bits.shape[1];
     const int64_t s2[2] = {a->N, a->C}, s3[3] = {a->N, a->n_chan, a->words}, s1[1] = {a->N};
     if (check_dense(slots, "slots", kI32, 2, s2) || check_dense(bits, "bits", kI32, 3, s3)) return -1;
@@ -338,17 +337,13 @@ void apply_job(ApplyCtx *a, Job *job, long long threads, int *T) {
     job->ctx = a;
 }
 
-PyObject *run_apply(PyObject *const *o, long long threads) {
-    ApplyCtx a{};
-    View slots, bits, scale;
-    if (get_view(o[0], "x", &a.x) || get_view(o[1], "y", &a.y) || get_view(o[2], "slots", &slots) ||
-        get_view(o[3], "bits", &bits) || get_view(o[4], "scale", &scale))
-        return nullptr;
-    if (apply_check(&a, slots, bits, scale, threads)) return nullptr;
+int apply_views(ApplyCtx &a, const View &slots_in, const View &bits_in, const View &scale_in, long long threads) {
+    View slots = slots_in, bits = bits_in, scale = scale_in;
+    if (apply_check(&a, slots, bits, scale, threads)) return -1;
     View *const views[] = {&a.x, &slots, &bits, &scale, &a.y};
     const char *const names[] = {"x", "slots", "bits", "scale", "y"};
-    if (check_outputs(views, names, 5, 4, 0)) return nullptr;
-    if (a.x.numel == 0) Py_RETURN_NONE;
+    if (check_outputs(views, names, 5, 4, 0)) return -1;
+    if (a.x.numel == 0) return 0;
     // Every slot must be -1 or name a distinct plane of ``bits``: check all, keep the checked copy
     // (the kernels read that, never the caller's memory again), and map slots back to channels.
     // One allocation: chan (N*n' int32), the slot copy and keep masks (N*C each, 4 bytes), then
@@ -357,9 +352,9 @@ PyObject *run_apply(PyObject *const *o, long long threads) {
     const int64_t NC = a.N * a.C;
     size_t bytes = 8;
     if (!add_bytes(&bytes, a.N * a.n_chan, 4) || !add_bytes(&bytes, NC, 8) || !add_bytes(&bytes, a.N, 8))
-        return PyErr_NoMemory();
+        return fail_memory();
     int32_t *chan = static_cast<int32_t *>(std::malloc(bytes));
-    if (!chan) return PyErr_NoMemory();
+    if (!chan) return fail_memory();
     int32_t *slot_copy = chan + a.N * a.n_chan;
     uint32_t *keep = reinterpret_cast<uint32_t *>(slot_copy + NC);
     int64_t *ntop = reinterpret_cast<int64_t *>(((uintptr_t)(keep + NC) + 7) & ~(uintptr_t)7);
@@ -371,9 +366,8 @@ PyObject *run_apply(PyObject *const *o, long long threads) {
             const int32_t s = a.slots[i * a.C + c];
             if (s < -1 || s >= a.n_chan || (s >= 0 && chan[i * a.n_chan + s] >= 0)) {
                 std::free(chan);
-                return PyErr_Format(PyExc_ValueError,
-                                    "slots[%lld, %lld] = %d: each entry must be -1 or a distinct slot in [0, %lld)",
-                                    (long long)i, (long long)c, (int)s, (long long)a.n_chan);
+                return fail(Err::Value, "slots[%lld, %lld] = %d: each entry must be -1 or a distinct slot in [0, %lld)",
+                            (long long)i, (long long)c, (int)s, (long long)a.n_chan);
             }
             if (s >= 0) chan[i * a.n_chan + s] = (int32_t)c;
         }
@@ -390,11 +384,9 @@ PyObject *run_apply(PyObject *const *o, long long threads) {
     int T;
     Job job;
     apply_job(&a, &job, threads, &T);
-    Py_BEGIN_ALLOW_THREADS
     run_job(job, T);
-    Py_END_ALLOW_THREADS
     std::free(chan);
-    Py_RETURN_NONE;
+    return 0;
 }
 
 } // namespace camdrop

@@ -12,10 +12,10 @@
 //             mask bits hold zeroed.
 #pragma once
 
-#include "py.h"
-
 #include "common.h"
+#include "errors.h"
 #include "threads.h"
+#include "views.h"
 
 namespace camdrop {
 
@@ -38,13 +38,14 @@ struct ApplyCtx {
 };
 
 // Checks x, y (already read into a), slots, bits and scale, and fills a's sizes and strides.
-// -1 with an exception set. (The callers check aliasing.)
+// -1 with an error recorded (errors.h). (The callers check aliasing.)
 int apply_check(ApplyCtx *a, const View &slots, const View &bits, const View &scale, long long threads);
 
 // The apply's walk and work items, and the threads worth waking for them (x has elements).
 void apply_job(ApplyCtx *a, Job *job, long long threads, int *T);
 
-// The apply entry point: o = (x, y, slots, bits, scale).
-PyObject *run_apply(PyObject *const *o, long long threads);
+// Step 8 for checked views (a.x and a.y set): every check (aliasing and slot values included),
+// then the apply on the pool. 0, or -1 with an error recorded. Needs no GIL.
+int apply_views(ApplyCtx &a, const View &slots, const View &bits, const View &scale, long long threads);
 
 } // namespace camdrop

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "dlpack.h"
 #include "order_keys.h"
 #include "philox.h"
 #include "ranking.h"
@@ -195,44 +194,44 @@ void build_body(void *ctx, int64_t begin, int64_t end, int thread) {
 int build_prepare(BuildPlan *bp, BuildViews &v, const BuildParams &p, bool want_keep) {
     std::memset(bp, 0, sizeof(*bp));
     const View &cam = v.cam, &alpha = v.alpha;
-    if (cam.ndim < 2 || cam.ndim > 4) return fail(PyExc_ValueError, "cam must be (N, *S) with 1 to 3 spatial dims");
+    if (cam.ndim < 2 || cam.ndim > 4) return fail(Err::Value, "cam must be (N, *S) with 1 to 3 spatial dims");
     if (cam.type > kF64 || alpha.type > kF64)
-        return fail(PyExc_TypeError, "cam and alpha must be float16, bfloat16, float32 or float64");
+        return fail(Err::Type, "cam and alpha must be float16, bfloat16, float32 or float64");
     const int rank = cam.ndim - 1;
     const int64_t N = cam.shape[0];
     int64_t S[3] = {1, 1, 1};
     for (int k = 0; k < rank; ++k) S[3 - rank + k] = cam.shape[1 + k];
     const int64_t P = S[0] * S[1] * S[2]; // cam's numel / N: fits
-    if (!is_contiguous(cam)) return fail(PyExc_ValueError, "cam must be contiguous");
-    if (alpha.ndim != 2 || alpha.shape[0] != N) return fail(PyExc_ValueError, "alpha must be (N, C) with cam's N");
-    if (!is_contiguous(alpha)) return fail(PyExc_ValueError, "alpha must be contiguous");
+    if (!is_contiguous(cam)) return fail(Err::Value, "cam must be contiguous");
+    if (alpha.ndim != 2 || alpha.shape[0] != N) return fail(Err::Value, "alpha must be (N, C) with cam's N");
+    if (!is_contiguous(alpha)) return fail(Err::Value, "alpha must be contiguous");
     const int64_t C = alpha.shape[1];
     if (check_type(v.seed, "seed", kI64) || check_type(v.drop_prob, "drop_prob", kF64)) return -1;
     if (v.seed.numel != 1 || v.drop_prob.numel != 1)
-        return fail(PyExc_ValueError, "seed and drop_prob must hold one value each");
+        return fail(Err::Value, "seed and drop_prob must hold one value each");
     int64_t seed;
     double drop_prob;
     std::memcpy(&seed, v.seed.data, 8); // one element: the pointer is not null (get_view)
     std::memcpy(&drop_prob, v.drop_prob.data, 8);
-    if (seed < 0) return fail(PyExc_ValueError, "seed must be in [0, 2**63)");
-    if (!(drop_prob >= 0.0 && drop_prob <= 1.0)) return fail(PyExc_ValueError, "drop_prob must be in [0, 1]");
-    if (p.block_size < 1) return fail(PyExc_ValueError, "block_size must be >= 1");
-    if (p.diamond != 0 && p.diamond != 1) return fail(PyExc_ValueError, "diamond must be 0 or 1");
-    if (p.eligible != 0 && p.eligible != 1) return fail(PyExc_ValueError, "eligible must be 0 or 1");
-    if (p.normalize < kNormalizeBatch || p.normalize > kNormalizeNone) return fail(PyExc_ValueError, "normalize must be 0, 1 or 2");
+    if (seed < 0) return fail(Err::Value, "seed must be in [0, 2**63)");
+    if (!(drop_prob >= 0.0 && drop_prob <= 1.0)) return fail(Err::Value, "drop_prob must be in [0, 1]");
+    if (p.block_size < 1) return fail(Err::Value, "block_size must be >= 1");
+    if (p.diamond != 0 && p.diamond != 1) return fail(Err::Value, "diamond must be 0 or 1");
+    if (p.eligible != 0 && p.eligible != 1) return fail(Err::Value, "eligible must be 0 or 1");
+    if (p.normalize < kNormalizeBatch || p.normalize > kNormalizeNone) return fail(Err::Value, "normalize must be 0, 1 or 2");
     if (!(p.gamma_scale >= 0.0 && std::isfinite(p.gamma_scale)))
-        return fail(PyExc_ValueError, "gamma_scale must be finite and >= 0");
-    if (p.threads < 1 || p.threads > 4096) return fail(PyExc_ValueError, "threads must be in [1, 4096]");
+        return fail(Err::Value, "gamma_scale must be finite and >= 0");
+    if (p.threads < 1 || p.threads > 4096) return fail(Err::Value, "threads must be in [1, 4096]");
     const int64_t max_pix = P > 0 ? P : 1, max_chan = C > 0 ? C : 1;
-    if (p.n_pix < 1 || p.n_pix > max_pix) return fail(PyExc_ValueError, "top_pixels must be in [1, %lld]", (long long)max_pix);
+    if (p.n_pix < 1 || p.n_pix > max_pix) return fail(Err::Value, "top_pixels must be in [1, %lld]", (long long)max_pix);
     if (p.n_chan < 1 || p.n_chan > max_chan)
-        return fail(PyExc_ValueError, "top_channels must be in [1, %lld]", (long long)max_chan);
+        return fail(Err::Value, "top_channels must be in [1, %lld]", (long long)max_chan);
     const int64_t words = (P + 31) / 32;
     const int64_t s2[2] = {N, C}, s3[3] = {N, p.n_chan, words}, s1[1] = {N};
     if (check_dense(v.slots, "slots", kI32, 2, s2) || check_dense(v.bits, "bits", kI32, 3, s3) ||
         check_dense(v.dropped, "dropped", kI64, 1, s1) || check_dense(v.rate, "rate", kF32, 1, s1))
         return -1;
-    if (v.scale.type != kF32 && v.scale.type != kF64) return fail(PyExc_TypeError, "scale must be float32 or float64");
+    if (v.scale.type != kF32 && v.scale.type != kF64) return fail(Err::Type, "scale must be float32 or float64");
     if (check_dense(v.scale, "scale", v.scale.type, 1, s1)) return -1;
     // Products below stay exact in int64 and double: the logical x (N, C, P), counting an empty
     // axis as 1, holds at most 2**52 elements (slot, Philox offset and scale arithmetic).
@@ -240,9 +239,9 @@ int build_prepare(BuildPlan *bp, BuildViews &v, const BuildParams &p, bool want_
     int64_t plane_elems, total; // C*P and N*C*P (an empty axis counted as 1)
     if (P > ((int64_t)1 << 40) || C > ((int64_t)1 << 30) || __builtin_mul_overflow(max_chan, max_pix, &plane_elems) ||
         plane_elems > kMax || __builtin_mul_overflow(plane_elems, N, &total) || total > kMax)
-        return fail(PyExc_ValueError, "the tensor is too large for the CPU kernels");
+        return fail(Err::Value, "the tensor is too large for the CPU kernels");
     if (make_geometry(&bp->g, S, rank, p.block_size, p.diamond != 0)) {
-        PyErr_NoMemory();
+        fail_memory();
         return -1;
     }
     BuildCtx &b = bp->b;
@@ -276,7 +275,7 @@ int build_prepare(BuildPlan *bp, BuildViews &v, const BuildParams &p, bool want_
     b.scratch = static_cast<char *>(std::malloc(b.scratch_bytes * (size_t)T));
     if (!bp->own || !b.scratch) {
         build_release(bp);
-        PyErr_NoMemory();
+        fail_memory();
         return -1;
     }
     b.slot_own = reinterpret_cast<int32_t *>(bp->own);
@@ -316,28 +315,20 @@ void build_release(BuildPlan *bp) {
     free_geometry(&bp->g);
 }
 
-PyObject *run_build(PyObject *const *o, const BuildParams &p) {
-    BuildViews v;
-    if (get_view(o[0], "cam", &v.cam) || get_view(o[1], "alpha", &v.alpha) || get_view(o[2], "seed", &v.seed) ||
-        get_view(o[3], "drop_prob", &v.drop_prob) || get_view(o[4], "slots", &v.slots) ||
-        get_view(o[5], "bits", &v.bits) || get_view(o[6], "scale", &v.scale) ||
-        get_view(o[7], "dropped", &v.dropped) || get_view(o[8], "rate", &v.rate))
-        return nullptr;
+int build_views(BuildViews &v, const BuildParams &p) {
     BuildPlan bp;
-    if (build_prepare(&bp, v, p, false)) return nullptr;
+    if (build_prepare(&bp, v, p, false)) return -1;
     View *const views[] = {&v.cam, &v.alpha, &v.seed, &v.drop_prob, &v.slots, &v.bits, &v.scale, &v.dropped, &v.rate};
     const char *const names[] = {"cam", "alpha", "seed", "drop_prob", "slots", "bits", "scale", "dropped", "rate"};
     if (check_outputs(views, names, 9, 4, -1)) {
         build_release(&bp);
-        return nullptr;
+        return -1;
     }
-    Py_BEGIN_ALLOW_THREADS
     const Job job = {build_body, &bp.b, bp.b.N};
     run_job(job, bp.T);
     build_finish(&bp);
-    Py_END_ALLOW_THREADS
     build_release(&bp);
-    Py_RETURN_NONE;
+    return 0;
 }
 
 } // namespace camdrop

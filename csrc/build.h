@@ -4,10 +4,10 @@
 // the statistics (dropped, rate).
 #pragma once
 
-#include "py.h"
-
 #include "common.h"
+#include "errors.h"
 #include "geometry.h"
+#include "views.h"
 
 namespace camdrop {
 
@@ -63,7 +63,7 @@ struct BuildViews {
 
 // Checks every view, value and count of a build (the callers check aliasing) and allocates its
 // buffers: scratch for the bp->T threads its own rule picks, keep masks when ``want_keep``.
-// -1 with an exception set (and nothing to release).
+// -1 with an error recorded (errors.h) and nothing to release.
 int build_prepare(BuildPlan *bp, BuildViews &v, const BuildParams &p, bool want_keep);
 
 // Samples [begin, end) on thread ``thread`` (a Job body over the batch; ctx: BuildCtx).
@@ -74,7 +74,8 @@ void build_finish(const BuildPlan *bp);
 
 void build_release(BuildPlan *bp);
 
-// The build entry point: o = (cam, alpha, seed, drop_prob, slots, bits, scale, dropped, rate).
-PyObject *run_build(PyObject *const *o, const BuildParams &p);
+// Steps 1-7 for checked views: every check (aliasing included), then the build on the pool. 0, or
+// -1 with an error recorded. Needs no GIL: the bindings release it around the call.
+int build_views(BuildViews &v, const BuildParams &p);
 
 } // namespace camdrop

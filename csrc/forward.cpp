@@ -4,7 +4,6 @@
 #include "forward.h"
 
 #include "apply.h"
-#include "dlpack.h"
 #include "threads.h"
 
 namespace camdrop {
@@ -37,34 +36,23 @@ void forward_entry(void *p) {
 
 } // namespace
 
-PyObject *run_forward(PyObject *const *o, const BuildParams &p) {
-    ApplyCtx a{};
-    BuildViews v;
-    if (get_view(o[0], "x", &a.x) || get_view(o[1], "y", &a.y) || get_view(o[2], "cam", &v.cam) ||
-        get_view(o[3], "alpha", &v.alpha) || get_view(o[4], "seed", &v.seed) ||
-        get_view(o[5], "drop_prob", &v.drop_prob) || get_view(o[6], "slots", &v.slots) ||
-        get_view(o[7], "bits", &v.bits) || get_view(o[8], "scale", &v.scale) || get_view(o[9], "dropped", &v.dropped) ||
-        get_view(o[10], "rate", &v.rate))
-        return nullptr;
+int forward_views(ApplyCtx &a, BuildViews &v, const BuildParams &p) {
     // cam (N, *S) and alpha (N, C) must fit x (N, C, *S)
     bool fits = a.x.ndim >= 3 && v.cam.ndim == a.x.ndim - 1 && v.alpha.ndim == 2 && v.cam.shape[0] == a.x.shape[0] &&
                 v.alpha.shape[0] == a.x.shape[0] && v.alpha.shape[1] == a.x.shape[1];
     for (int d = 2; fits && d < a.x.ndim; ++d) fits = v.cam.shape[d - 1] == a.x.shape[d];
-    if (!fits) {
-        PyErr_SetString(PyExc_ValueError, "cam must be (N, *S) and alpha (N, C) for x of shape (N, C, *S)");
-        return nullptr;
-    }
-    if (apply_check(&a, v.slots, v.bits, v.scale, p.threads)) return nullptr;
+    if (!fits) return fail(Err::Value, "cam must be (N, *S) and alpha (N, C) for x of shape (N, C, *S)");
+    if (apply_check(&a, v.slots, v.bits, v.scale, p.threads)) return -1;
     // y and the state are outputs: none may share memory with anything else (y may be x itself)
     View *const views[] = {&a.x, &v.cam, &v.alpha, &v.seed, &v.drop_prob, &a.y,
                            &v.slots, &v.bits, &v.scale, &v.dropped, &v.rate};
     const char *const names[] = {"x", "cam", "alpha", "seed", "drop_prob", "y", "slots", "bits", "scale", "dropped", "rate"};
-    if (check_outputs(views, names, 11, 5, 0)) return nullptr;
+    if (check_outputs(views, names, 11, 5, 0)) return -1;
     int Ta = 1;
     Job apply = {nullptr, &a, 0}; // no items when x is empty
     if (a.x.numel > 0) apply_job(&a, &apply, p.threads, &Ta);
     BuildPlan bp;
-    if (build_prepare(&bp, v, p, a.channel_inner)) return nullptr;
+    if (build_prepare(&bp, v, p, a.channel_inner)) return -1;
     // The apply reads the build's own slots, never the caller's memory again.
     a.slots = bp.b.slot_own;
     a.chan = bp.b.chan;
@@ -72,7 +60,6 @@ PyObject *run_forward(PyObject *const *o, const BuildParams &p) {
     a.count = bp.b.count;
     a.keep = bp.b.keep;
     const int T = bp.T > Ta ? bp.T : Ta;
-    Py_BEGIN_ALLOW_THREADS
     if (T > 1 && pool_has_barrier()) {
         ForwardCtx f = {&bp, apply, Ta};
         pool_parallel(forward_entry, &f, (unsigned)T);
@@ -82,9 +69,8 @@ PyObject *run_forward(PyObject *const *o, const BuildParams &p) {
         build_finish(&bp);
         run_job(apply, Ta);
     }
-    Py_END_ALLOW_THREADS
     build_release(&bp);
-    Py_RETURN_NONE;
+    return 0;
 }
 
 } // namespace camdrop

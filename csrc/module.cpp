@@ -12,11 +12,20 @@
 
 #include "apply.h"
 #include "build.h"
+#include "dlpack.h"
 #include "forward.h"
 #include "threads.h"
 
 namespace camdrop {
+
 namespace {
+
+// Reads the capsules into views (with the GIL), then runs the stage without it.
+int read_views(PyObject *const *o, const char *const *names, View *const *views, int n) {
+    for (int k = 0; k < n; ++k)
+        if (get_view(o[k], names[k], views[k])) return -1;
+    return 0;
+}
 
 PyObject *py_build(PyObject *, PyObject *args) {
     PyObject *o[9];
@@ -25,14 +34,33 @@ PyObject *py_build(PyObject *, PyObject *args) {
                           &p.block_size, &p.diamond, &p.n_pix, &p.n_chan, &p.eligible, &p.gamma_scale, &p.normalize,
                           &p.threads))
         return nullptr;
-    return run_build(o, p);
+    BuildViews v;
+    const char *const names[] = {"cam", "alpha", "seed", "drop_prob", "slots", "bits", "scale", "dropped", "rate"};
+    View *const views[] = {&v.cam, &v.alpha, &v.seed, &v.drop_prob, &v.slots, &v.bits, &v.scale, &v.dropped, &v.rate};
+    if (read_views(o, names, views, 9)) return raise_error();
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = build_views(v, p);
+    Py_END_ALLOW_THREADS
+    if (rc) return raise_error();
+    Py_RETURN_NONE;
 }
 
 PyObject *py_apply(PyObject *, PyObject *args) {
     PyObject *o[5];
     long long threads;
     if (!PyArg_ParseTuple(args, "OOOOOL", &o[0], &o[1], &o[2], &o[3], &o[4], &threads)) return nullptr;
-    return run_apply(o, threads);
+    ApplyCtx a{};
+    View slots, bits, scale;
+    const char *const names[] = {"x", "y", "slots", "bits", "scale"};
+    View *const views[] = {&a.x, &a.y, &slots, &bits, &scale};
+    if (read_views(o, names, views, 5)) return raise_error();
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = apply_views(a, slots, bits, scale, threads);
+    Py_END_ALLOW_THREADS
+    if (rc) return raise_error();
+    Py_RETURN_NONE;
 }
 
 PyObject *py_forward(PyObject *, PyObject *args) {
@@ -42,7 +70,19 @@ PyObject *py_forward(PyObject *, PyObject *args) {
                           &o[9], &o[10], &p.block_size, &p.diamond, &p.n_pix, &p.n_chan, &p.eligible, &p.gamma_scale,
                           &p.normalize, &p.threads))
         return nullptr;
-    return run_forward(o, p);
+    ApplyCtx a{};
+    BuildViews v;
+    const char *const names[] = {"x", "y", "cam", "alpha", "seed", "drop_prob", "slots", "bits", "scale", "dropped",
+                                 "rate"};
+    View *const views[] = {&a.x, &a.y, &v.cam, &v.alpha, &v.seed, &v.drop_prob, &v.slots, &v.bits, &v.scale,
+                           &v.dropped, &v.rate};
+    if (read_views(o, names, views, 11)) return raise_error();
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = forward_views(a, v, p);
+    Py_END_ALLOW_THREADS
+    if (rc) return raise_error();
+    Py_RETURN_NONE;
 }
 
 PyMethodDef methods[] = {

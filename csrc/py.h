@@ -1,4 +1,4 @@
-// Python.h first, as the C API asks, for the translation units that raise Python exceptions.
+// Python.h first, as the C API asks, for the translation units of the Python extensions.
 #pragma once
 
 #define PY_SSIZE_T_CLEAN
@@ -6,7 +6,7 @@
 
 namespace camdrop {
 
-// Sets exc with a printf-style message and returns -1 (the checks' failure value).
-int fail(PyObject *exc, const char *format, ...);
+// Raises this thread's last error record (errors.h) as the matching Python exception; nullptr.
+PyObject *raise_error();
 
 } // namespace camdrop

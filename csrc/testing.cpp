@@ -52,7 +52,7 @@ PyObject *py_top_n(PyObject *, PyObject *args) {
     long long n;
     if (!PyArg_ParseTuple(args, "OL", &o_v, &n)) return nullptr;
     View v;
-    if (get_view(o_v, "values", &v)) return nullptr;
+    if (get_view(o_v, "values", &v)) return raise_error();
     if (v.ndim != 1 || v.type > kF64 || !is_contiguous(v))
         return PyErr_Format(PyExc_ValueError, "values must be a contiguous 1-D float tensor");
     const int64_t L = v.shape[0];

@@ -192,7 +192,7 @@ def test_a_forward_computes_each_channel_importance_once(monkeypatch):
 
     calls = []
     real = guide_module.importance
-    monkeypatch.setattr(guide_module, "importance", lambda w, t, c, layout=None: calls.append(c) or real(w, t, c))
+    monkeypatch.setattr(guide_module, "importance", lambda w, t, c, layout=None, norm=None: calls.append(c) or real(w, t, c))
     torch.manual_seed(0)
     net = TwoStage().train()
     weight = net.fc.weight.detach().clone()
@@ -244,7 +244,7 @@ def test_the_shared_importance_is_per_autocast_state(monkeypatch):
 
     calls = []
     real = guide_module.importance
-    monkeypatch.setattr(guide_module, "importance", lambda w, t, c, layout=None: calls.append(c) or real(w, t, c))
+    monkeypatch.setattr(guide_module, "importance", lambda w, t, c, layout=None, norm=None: calls.append(c) or real(w, t, c))
     torch.manual_seed(0)
     net = TwoStage().train()
     x, _ = batch()
