@@ -1,4 +1,4 @@
-"""setup.py beside pyproject.toml (which holds the metadata): the optional native CPU kernels.
+"""setup.py beside pyproject.toml (which holds the metadata): the optional native extensions.
 
 ``csrc/`` is C++17 with no torch headers (it builds in a few seconds). Both extensions are
 optional: without a C++ compiler the install still succeeds and the CPU path runs in plain torch,
@@ -8,6 +8,11 @@ slower but identical bit for bit.
 - ``camdrop_kernels._native_testing``: hooks into the stages for the tests (``-DCAMDROP_TESTING``,
   from the stage sources it tests plus ``csrc/testing.cpp``); never imported by the package. Set
   ``CAMDROP_NATIVE_TESTING=0`` to leave it out (a packaged build).
+- ``camdrop_kernels._C``: the registered ops' CPU kernels and autograd in C++ against torch's
+  headers (``csrc/torch/ops.cpp`` over the same stages), built when torch is importable here (the
+  build environment lists it). It ties the build to that torch's C++ ABI: where it does not load
+  (another torch at run time), the package warns and uses the Python kernels. Set
+  ``CAMDROP_TORCH_OPS=0`` to leave it out.
 """
 import os
 
@@ -31,5 +36,28 @@ if os.environ.get("CAMDROP_NATIVE_TESTING", "1") != "0":
     extensions.append(native("camdrop_kernels._native_testing",
                              ["errors", "views", "threads", "ranking", "dlpack", "pyerrors", "testing"],
                              [("CAMDROP_TESTING", "1")]))
+
+
+
+def torch_ops():
+    """The _C extension, or None when torch (or its headers) is not importable in this build."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        return None
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
+    return Extension(
+        "camdrop_kernels._C", sources=[f"csrc/{stage}.cpp" for stage in STAGES] + ["csrc/torch/ops.cpp"],
+        depends=HEADERS, language="c++", include_dirs=cpp_extension.include_paths(),
+        library_dirs=cpp_extension.library_paths(), libraries=["c10", "torch", "torch_cpu", "torch_python"],
+        extra_compile_args=["-O3", "-std=c++20", "-fvisibility=hidden", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"],
+        optional=True)
+
+
+if os.environ.get("CAMDROP_TORCH_OPS", "1") != "0":
+    ext = torch_ops()
+    if ext is not None:
+        extensions.append(ext)
 
 setup(ext_modules=extensions)

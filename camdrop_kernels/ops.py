@@ -32,7 +32,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from . import backends, checks, state
+from . import backends, checks, cpp, state
 from .options import Options
 
 _lib = torch.library.Library("camdrop_kernels", "DEF")
@@ -42,6 +42,7 @@ _lib.define("camdrop_state(Tensor x, Tensor cam, Tensor alpha, Tensor seed, Tens
             "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 _lib.define("camdrop_apply(Tensor x, Tensor slots, Tensor bits, Tensor scale) -> Tensor")
 _lib.define("camdrop_apply_(Tensor(a!) x, Tensor slots, Tensor bits, Tensor scale) -> ()")
+_SCHEMAS = ("camdrop", "camdrop_state", "camdrop_apply", "camdrop_apply_")
 
 camdrop_forward = torch.ops.camdrop_kernels.camdrop.default
 camdrop_state = torch.ops.camdrop_kernels.camdrop_state.default
@@ -52,11 +53,18 @@ camdrop_apply_ = torch.ops.camdrop_kernels.camdrop_apply_.default
 # ---------------------------------------------------------------------------------------------
 # Kernels, per device (the backend is chosen once per call, by the registry)
 # ---------------------------------------------------------------------------------------------
+# Dual tensors (forward-mode AD) handed to the ops directly: the C++ autograd refuses them ("jvp is
+# not implemented"); torch.library's Python autograd would drop the tangent without a word, so
+# where it serves (no _C), the Python kernels refuse them.
+_REFUSE_TANGENTS = cpp.C is None
+
+
 def _forward_kernel(device_type: str):
     def camdrop(x, cam, alpha, seed, drop_prob, options):
         opts = checks.state_inputs(x, cam, alpha, seed, drop_prob, options)
         checks.values(seed, drop_prob)
-        checks.no_tangent(x)
+        if _REFUSE_TANGENTS:
+            checks.no_tangent(x)
         y = torch.empty_like(x)
         out = state.allocate(x, opts)
         if x.numel() == 0:
@@ -86,7 +94,8 @@ def _apply_kernel(device_type: str):
     def camdrop_apply(x, slots, bits, scale):
         checks.apply_inputs(x, slots, bits, scale)
         checks.state_memory(slots, bits, scale)
-        checks.no_tangent(x)
+        if _REFUSE_TANGENTS:
+            checks.no_tangent(x)
         y = torch.empty_like(x)
         if x.numel():
             backends.select(device_type).apply(checks.readable(x, "x"), y, slots, bits, scale)
@@ -116,11 +125,27 @@ def _apply_inplace_kernel(device_type: str):
     return camdrop_apply_
 
 
-for _key, _device in (("CPU", "cpu"), ("CUDA", "cuda")):
-    _lib.impl("camdrop", _forward_kernel(_device), _key)
-    _lib.impl("camdrop_state", _state_kernel(_device), _key)
-    _lib.impl("camdrop_apply", _apply_kernel(_device), _key)
-    _lib.impl("camdrop_apply_", _apply_inplace_kernel(_device), _key)
+def _register(prefix: str, key: str, device_type: str) -> None:
+    for name, kernel in zip(_SCHEMAS, (_forward_kernel, _state_kernel, _apply_kernel, _apply_inplace_kernel)):
+        _lib.impl(prefix + name, kernel(device_type), key)
+
+
+# CUDA: the Python kernels (Triton launches). CPU: the C++ kernels of camdrop_kernels._C where it
+# loads (it registers them itself, with the autograd below in C++), and these Python kernels as
+# twin ops ``_python_*`` for the backend overrides it hands calls to; else these Python kernels.
+_register("", "CUDA", "cuda")
+if cpp.C is None:
+    _register("", "CPU", "cpu")
+else:
+    for _name, _schema in zip(_SCHEMAS, (
+            "(Tensor x, Tensor cam, Tensor alpha, Tensor seed, Tensor drop_prob, str options) -> "
+            "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+            "(Tensor x, Tensor cam, Tensor alpha, Tensor seed, Tensor drop_prob, str options) -> "
+            "(Tensor, Tensor, Tensor, Tensor, Tensor)",
+            "(Tensor x, Tensor slots, Tensor bits, Tensor scale) -> Tensor",
+            "(Tensor(a!) x, Tensor slots, Tensor bits, Tensor scale) -> ()")):
+        _lib.define(f"_python_{_name}{_schema}")
+    _register("_python_", "CPU", "cpu")
 
 
 @torch.library.register_fake("camdrop_kernels::camdrop")
@@ -164,8 +189,9 @@ def _backward(ctx, dy, *_statistics):
     return (dx,) + (None,) * (5 if _statistics else 3)
 
 
-torch.library.register_autograd("camdrop_kernels::camdrop", _backward, setup_context=_save_state)
-torch.library.register_autograd("camdrop_kernels::camdrop_apply", _backward, setup_context=_save_state)
+if cpp.C is None:  # (else csrc/torch/ops.cpp registers the same definition in C++)
+    torch.library.register_autograd("camdrop_kernels::camdrop", _backward, setup_context=_save_state)
+    torch.library.register_autograd("camdrop_kernels::camdrop_apply", _backward, setup_context=_save_state)
 
 
 def _apply_inplace_autograd(x, slots, bits, scale):
@@ -179,7 +205,8 @@ def _apply_inplace_autograd(x, slots, bits, scale):
         camdrop_apply_(x, slots, bits, scale)
 
 
-_lib.impl("camdrop_apply_", _apply_inplace_autograd, "Autograd")
+if cpp.C is None:
+    _lib.impl("camdrop_apply_", _apply_inplace_autograd, "Autograd")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -284,7 +284,7 @@ def test_direct_op_calls_with_tangents_are_refused():
 
     x, cam, alpha = inputs()
     opts = Options.get(2, 3, None, 0.5, "square", "batch", "eligible", 1.0)
-    with fwAD.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD"):
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD|jvp is not implemented"):
         torch.ops.camdrop_kernels.camdrop(fwAD.make_dual(x, x), cam, alpha, torch.tensor(1),
                                           torch.tensor(0.5, dtype=torch.float64), opts.key)
 

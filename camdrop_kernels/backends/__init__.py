@@ -18,6 +18,7 @@ import threading
 import warnings
 from typing import Dict, Iterator, Optional, Tuple
 
+from .. import cpp
 from . import native, plain, triton
 from .base import Backend
 
@@ -104,10 +105,12 @@ def using(name: Optional[str]) -> Iterator[None]:
         raise ValueError(f"backend must be one of {NAMES}; got {name!r}")
     saved = getattr(_local, "override", None)
     _local.override = name
+    cpp_saved = cpp.set_python_kernels(name is not None)  # (the C++ CPU kernels hand overridden calls here)
     try:
         yield
     finally:
         _local.override = saved
+        cpp.set_python_kernels(cpp_saved)
 
 
 def current_override() -> Optional[str]:
