@@ -44,7 +44,7 @@ def examples(n: int) -> int:
 
 
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
-             torch.float64: torch.int64}
+             torch.float64: torch.int64, torch.int32: torch.int32, torch.int64: torch.int64}
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
