@@ -84,7 +84,51 @@ def main(reps: int, threads: int) -> dict:
     out["tiny"] = dict({k: v * 1e6 for k, v in times.items()}, ratios=ratios, block_size=3, dropped=dropped)
     print("tiny (2,16,8,8) 1 thread, block 3", " ".join(f"{k} {v * 1e6:.1f}us ({ratios[k]:.2f}x, "
                                                       f"{100 * dropped[k]:.2f}% dropped)" for k, v in times.items()))
+    out["bound layers"] = bound_layers(reps * 2)
     return out
+
+
+def bound_layers(reps: int) -> dict:
+    """Host cost per layer of a training forward+backward, one thread, tiny maps: nine bound
+    CamDrop2d layers against nine nn.Dropout layers, each net of nine identity layers, in
+    interleaved rounds (test_training_step.Stage's model)."""
+    sys.path.insert(0, __file__.rpartition("/")[0])
+    from test_training_step import Stage
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 64, 7, 7, generator=g).requires_grad_()
+    labels = torch.randint(0, 10, (8,), generator=g)
+    steps = {}
+    for kind in ("identity layers", "dropout layers", "camdrop layers"):
+        torch.manual_seed(0)
+        model = Stage(kind).train()
+
+        def step(model=model, kind=kind):
+            if kind == "camdrop layers":
+                with ck.targets(model, labels):
+                    out = model(x)
+            else:
+                out = model(x)
+            out.sum().backward()
+
+        steps[kind] = step
+    ts = {k: [] for k in steps}
+    for f in steps.values():
+        for _ in range(20):
+            f()
+    for _ in range(reps):
+        for k, f in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(10):
+                f()
+            ts[k].append((time.perf_counter() - t0) / 10)
+    per_layer = {k: [(a - b) / 9 * 1e6 for a, b in zip(ts[k], ts["identity layers"])] for k in ("dropout layers",
+                                                                                                  "camdrop layers")}
+    ratio = sorted(c / d for c, d in zip(per_layer["camdrop layers"], per_layer["dropout layers"]))[reps // 2]
+    med = {k: sorted(v)[reps // 2] for k, v in per_layer.items()}
+    print(f"bound layers, host us per layer per step (net of identity layers), 1 thread: camdrop "
+          f"{med['camdrop layers']:.1f}, nn.Dropout {med['dropout layers']:.1f}; ratio {ratio:.2f}x")
+    return dict(per_layer_us=med, ratio=ratio)
 
 
 if __name__ == "__main__":

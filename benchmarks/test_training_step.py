@@ -61,39 +61,49 @@ def test_training_step(benchmark, kind):
           info=dict(contender=kind, **{"pass": "training step"}, dropped_share=share))
 
 
-class _Stage(torch.nn.Module):
+class Stage(torch.nn.Module):
     """Nine layers on one small map, guided by one classifier (a ResNet's stages 3-4 in miniature):
-    the cost a training step pays per CamDrop layer when the maps are small and Python dominates."""
+    the cost a training step pays per layer when the maps are small and Python dominates. Kinds:
+    "identity layers" (the floor), "dropout layers" (nn.Dropout(0.1)), "multiply layers",
+    "camdrop layers" (bound CamDrop2d, the convert default's block 3 at 7x7)."""
 
     def __init__(self, kind, channels=64, layers=9):
         super().__init__()
         self.kind = kind
         self.fc = torch.nn.Linear(channels, 10)
-        self.drops = torch.nn.ModuleList(ck.CamDrop2d(0.1, 3, classifier=self.fc) for _ in range(layers))
+        if kind == "camdrop layers":
+            self.drops = torch.nn.ModuleList(ck.CamDrop2d(0.1, 3, classifier=self.fc) for _ in range(layers))
+        elif kind == "dropout layers":
+            self.drops = torch.nn.ModuleList(torch.nn.Dropout(0.1) for _ in range(layers))
+        elif kind == "multiply layers":
+            self.drops = [lambda x: x * 1.1] * layers
+        else:
+            self.drops = [lambda x: x] * layers
 
     def forward(self, x):
         for drop in self.drops:
-            x = drop(x) if self.kind == "camdrop layers" else x * 1.1
+            x = drop(x)
         return self.fc(x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("kind", ["multiply layers", "camdrop layers"])
+@pytest.mark.parametrize("kind", ["identity layers", "dropout layers", "multiply layers", "camdrop layers"])
 def test_bound_layers_host_cost(benchmark, kind):
-    """Forward+backward through nine bound layers on (8, 64, 7, 7), beside nine multiplies: the
-    host time per layer that an eager step adds (the first card's resnet50 step was bound by it)."""
-    model = _Stage(kind).to(DEVICE).train()
+    """Forward+backward through nine layers on (8, 64, 7, 7): the host time per layer that an eager
+    step adds, bound CamDrop layers beside nn.Dropout, a multiply and the identity (the first card's
+    resnet50 step was bound by it). benchmarks/paired.py gives the per-layer ratio in paired rounds."""
+    model = Stage(kind).to(DEVICE).train()
     g = torch.Generator().manual_seed(2)
     x = torch.randn(8, 64, 7, 7, generator=g).to(DEVICE).requires_grad_()
     labels = torch.randint(0, 10, (8,), generator=g).to(DEVICE)
 
     def step():
-        with ck.targets(model, labels):
+        with ck.targets(model, labels) if kind == "camdrop layers" else contextlib.nullcontext():
             out = model(x)
         out.sum().backward()
         return out
 
     step()
     share = (sum(float(d.last_dropped_fraction) for d in model.drops) / len(model.drops)
-             if kind == "camdrop layers" else None)
+             if kind == "camdrop layers" else 0.1 if kind == "dropout layers" else None)
     timed(benchmark, step, group="bound layers | 9 x (8, 64, 7, 7) forward+backward",
           info=dict(contender=kind, **{"pass": "forward+backward"}, dropped_share=share))

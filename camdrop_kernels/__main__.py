@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 import camdrop_kernels as ck
-from camdrop_kernels import backends, reference
+from camdrop_kernels import backends, cpp, reference
 from camdrop_kernels.options import Options
 
 
@@ -86,8 +86,10 @@ def main(argv=None) -> int:
     cam = ck.class_activation_map(x, alpha)
     kw = dict(drop_prob=args.drop_prob, block_size=args.block_size, seed=args.seed)
     backend = backends.select(device.type).name
-    detail = {"native": "native C kernels", "plain": "plain torch ops (no C extension built)",
+    detail = {"native": "native C++ kernels", "plain": "plain torch ops (no native extension built)",
               "triton": "Triton kernels"}.get(backend, backend)
+    detail += ("; ops and autograd in C++ (camdrop_kernels._C)" if cpp.C is not None and device.type == "cpu"
+               else "; ops in Python" if device.type == "cpu" else "")
     geo = Options.get(2, args.block_size, None, None, "square", "batch", "eligible", 1.0).geometry(C, (H, W))
     print(f"camdrop_kernels {ck.__version__} | torch {torch.__version__} | device {device} | backend: {detail}")
     print(f"x {tuple(x.shape)} float32, drop_prob {args.drop_prob}, block_size {args.block_size}, seed {args.seed}")
