@@ -88,9 +88,10 @@ def _ukeys(row, q, L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT: t
     """Unsigned-order keys of entries q of a row (0 for q >= L). LAYOUT says where entry q sits
     (0: at q, 1: at q * stride, 2: q split into (d, h, w), at d*sd + h*sh + w*sw)."""
     ok = q < L
-    if LAYOUT == 0:
-        off = q
-    elif LAYOUT == 1:
+    if LAYOUT <= 1:
+        # (Contiguous rows too go through the run-time stride, 1: were the addresses known to be
+        # consecutive along a thread's R entries, Triton would spread each thread's entries over
+        # 16 lanes to coalesce the loads, and every per-thread sum below would become shuffles.)
         off = q.to(tl.int64) * stride
     else:
         d = udiv(q, m_hw, s_hw)
@@ -305,11 +306,11 @@ def state_kernel(
             if SAX >= 0:
                 a1, a2, a3 = _ge3(ka, Ta, SAX, A_BITS)
             # Six counts of at most 4096 in three words, 16 bits each: one block reduction.
-            x, y, z = tl.reduce((p1 | (p2 << 16), p3 | (a1 << 16), a2 | (a3 << 16)), 0, _add3)
+            rx, ry, rz = tl.reduce((p1 | (p2 << 16), p3 | (a1 << 16), a2 | (a3 << 16)), 0, _add3)
             if SPX >= 0:
-                Tp = _next(Tp, x & 0xFFFF, x >> 16, y & 0xFFFF, n_pix, SPX, P_BITS)
+                Tp = _next(Tp, rx & 0xFFFF, rx >> 16, ry & 0xFFFF, n_pix, SPX, P_BITS)
             if SAX >= 0:
-                Ta = _next(Ta, y >> 16, z & 0xFFFF, z >> 16, n_chan, SAX, A_BITS)
+                Ta = _next(Ta, ry >> 16, rz & 0xFFFF, rz >> 16, n_chan, SAX, A_BITS)
         # Ranks of both rows: (gt, eq) of pixels in bits 0-31, of channels in bits 32-63.
         gtp = kp > Tp
         eqp = kp == Tp

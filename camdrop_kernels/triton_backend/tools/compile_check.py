@@ -20,9 +20,9 @@ from typing import Dict, Iterator, List, Tuple
 
 import torch
 
-from .. import state as _state
-from ..options import Options
-from . import launch as _launch
+from ... import state as _state
+from ...options import Options
+from .. import launch as _launch
 
 _DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
            torch.int16: "i16", torch.int32: "i32", torch.int64: "i64"}
@@ -66,19 +66,16 @@ def compile_plan(plan, args: tuple, arch: int = 90):
 
 
 @contextlib.contextmanager
-def planning(sms: int = 132) -> Iterator[List[Tuple[object, tuple]]]:
-    """Inside, the backend plans launches (for a card with ``sms`` multiprocessors) without running
-    them; the list yielded collects (plan, arguments)."""
-    import camdrop_kernels.triton_backend as tb
-
+def planning() -> Iterator[List[Tuple[object, tuple]]]:
+    """Inside, the backend plans launches without running them; the list yielded collects
+    (plan, arguments)."""
     captured: List[Tuple[object, tuple]] = []
-    saved_hook, saved_sms = _launch.HOOK, tb.SMS_OVERRIDE
+    saved_hook = _launch.HOOK
     _launch.HOOK = lambda plan, args: captured.append((plan, args))
-    tb.SMS_OVERRIDE = sms
     try:
         yield captured
     finally:
-        _launch.HOOK, tb.SMS_OVERRIDE = saved_hook, saved_sms
+        _launch.HOOK = saved_hook
 
 
 def _tensor(shape, dtype, layout="contiguous", aligned=True):
@@ -101,9 +98,10 @@ def _tensor(shape, dtype, layout="contiguous", aligned=True):
 def plans_for(shape, x_dtype=torch.bfloat16, layout="contiguous", aligned=True, cam_dtype=torch.float32,
               alpha_dtype=None, seed_on_device=False, p_on_device=False, backward=True,
               **options) -> Dict[str, Tuple[object, tuple]]:
-    """{"state": ..., "apply_forward": ..., "apply_backward": ...}: (plan, args) of one forward (and
-    backward) at this shape, as the backend would launch them on a device."""
-    import camdrop_kernels.triton_backend as tb
+    """{"state": ..., "apply_forward": ..., "apply_backward": ...} (and "finish" with
+    normalize="batch"): (plan, args) of one forward (and backward) at this shape, as the backend
+    would launch them on a device (the forward's apply computes the batch scale from the counts)."""
+    from .. import plan as tb
 
     N, C, *S = shape
     kw = dict(block_size=7, top_pixels=None, top_channels=None, block_shape="square", normalize="batch",
@@ -121,7 +119,10 @@ def plans_for(shape, x_dtype=torch.bfloat16, layout="contiguous", aligned=True, 
     with planning():
         plans["state"] = tb.state_launch(x, cam, alpha, seed, rate, opts, out, seed_on_device, p_on_device)[:2]
         y = torch.empty_like(x)
-        plans["apply_forward"] = tb.apply_launch(x, y, out[0], out[1], out[2])[:2]
+        batch = kw["normalize"] == "batch"
+        plans["apply_forward"] = tb.apply_launch(x, y, out[0], out[1], out[2], out[3] if batch else None)[:2]
+        if batch:
+            plans["finish"] = tb.finish_launch(x.shape, out[3], out[2])[:2]
         if backward:  # autograd's dy has x's layout; dx is allocated like it
             dy = _tensor(tuple(shape), x_dtype, layout, True)
             plans["apply_backward"] = tb.apply_launch(dy, torch.empty_like(dy), out[0], out[1], out[2])[:2]
