@@ -2,8 +2,7 @@
 
 1. Selection (steps 1-2). cam[i] and alpha[i] become order-preserving unsigned keys (NaN as
    -inf, -0.0 as +0.0; 16 bits for float16/bfloat16, 32 for float32, 64 for float64), held in
-   registers as [R, 256] tiles: thread t holds entries t*R .. t*R + R - 1 (so the flat index
-   order is thread-major, which the rank scan below relies on). Entries past the row's end get
+   registers as [R, 256] tiles (row r: entries r*256 .. r*256 + 255, one per thread). Entries past the row's end get
    key 0, below every real key (-inf's key is > 0), so they never count. The n-th largest key T
    is found two bits at a time, most significant first: with T's higher bits fixed, three
    candidates T + d * 2**s (d = 1, 2, 3) are counted ("how many keys >= candidate"), and the
@@ -11,9 +10,9 @@
    lockstep: each thread sums its own keys' comparisons (no communication), and one block
    reduction of three int32 words (both rows' six counts, 16 bits each: counts <= 4096) serves
    both searches: KEY_BITS / 2 reductions in all (16 for float32, 8 for bfloat16).
-2. Ranks. gt = key > T, eq = key == T; one block scan of the per-thread sums of (gt, eq) of both
-   rows (packed in an int64), plus the in-thread prefix, gives each entry the number of gt and
-   eq entries before it in index order; with G = the total gt and need = n - G (1 <= need <= the
+2. Ranks. gt = key > T, eq = key == T; one block scan over the index q of (gt, eq) of pixel q
+   and of channel q (packed in an int64) gives each entry the number of gt and eq entries before
+   it in index order; with G = the total gt and need = n - G (1 <= need <= the
    total eq), an entry is in iff gt, or eq with fewer than `need` eq entries before it (SPEC's
    tie rule: lower index first), and its place among the chosen is gt_before + min(eq_before,
    need). Channels: the place is the slot (ascending channel order); pixels: the place in the
@@ -88,10 +87,9 @@ def _ukeys(row, q, L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT: t
     """Unsigned-order keys of entries q of a row (0 for q >= L). LAYOUT says where entry q sits
     (0: at q, 1: at q * stride, 2: q split into (d, h, w), at d*sd + h*sh + w*sw)."""
     ok = q < L
-    if LAYOUT <= 1:
-        # (Contiguous rows too go through the run-time stride, 1: were the addresses known to be
-        # consecutive along a thread's R entries, Triton would spread each thread's entries over
-        # 16 lanes to coalesce the loads, and every per-thread sum below would become shuffles.)
+    if LAYOUT == 0:
+        off = q
+    elif LAYOUT == 1:
         off = q.to(tl.int64) * stride
     else:
         d = udiv(q, m_hw, s_hw)
@@ -125,8 +123,11 @@ def _ukeys(row, q, L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT: t
 
 @triton.jit
 def _tile(base, R: tl.constexpr):
-    """Flat indices of a [R, THREADS] tile from ``base``: thread t holds base + t*R .. + R - 1."""
-    return base + tl.arange(0, THREADS)[None, :] * R + tl.arange(0, R)[:, None]
+    """Flat indices of a [R, THREADS] tile from ``base``: row r holds base + r*THREADS + t. The
+    addresses run along the threads, so Triton gives each thread one column (all R rows in its
+    registers: the sums over axis 0 below are in-thread). (Had they run along a thread's rows,
+    Triton would spread each column over 16 lanes to coalesce the loads.)"""
+    return base + tl.arange(0, R)[:, None] * THREADS + tl.arange(0, THREADS)[None, :]
 
 
 @triton.jit
@@ -262,7 +263,7 @@ def state_kernel(
     up_d, down_d, up_h, down_h, up_w, rw, rho, flags, hs_stride, m_words, s_words,
     P_BITS: tl.constexpr, P_EXP: tl.constexpr, P_NEG_INF: tl.constexpr, CAM_LAYOUT: tl.constexpr, RP: tl.constexpr,
     A_BITS: tl.constexpr, A_EXP: tl.constexpr, A_NEG_INF: tl.constexpr, A_LAYOUT: tl.constexpr, RA: tl.constexpr,
-    SINGLE: tl.constexpr, SB: tl.constexpr, PB: tl.constexpr, WPR: tl.constexpr, GUARD: tl.constexpr,
+    RB: tl.constexpr, SINGLE: tl.constexpr, SB: tl.constexpr, PB: tl.constexpr, WPR: tl.constexpr, GUARD: tl.constexpr,
     ZB: tl.constexpr,
 ):
     i = tl.program_id(0)
@@ -311,36 +312,41 @@ def state_kernel(
                 Tp = _next(Tp, rx & 0xFFFF, rx >> 16, ry & 0xFFFF, n_pix, SPX, P_BITS)
             if SAX >= 0:
                 Ta = _next(Ta, ry >> 16, rz & 0xFFFF, rz >> 16, n_chan, SAX, A_BITS)
-        # Ranks of both rows: (gt, eq) of pixels in bits 0-31, of channels in bits 32-63.
-        gtp = kp > Tp
-        eqp = kp == Tp
-        gta = ka > Ta
-        eqa = ka == Ta
-        xp = gtp.to(tl.int64) | (eqp.to(tl.int64) << 16)
-        xa = (gta.to(tl.int64) << 32) | (eqa.to(tl.int64) << 48)
-        part = tl.sum(xp, axis=0) + tl.sum(xa, axis=0)  # per thread
-        thread_before = tl.cumsum(part, axis=0) - part  # entries of the threads before this one
-        tot = tl.sum(part, axis=0)
-        bp = thread_before[None, :] + (tl.cumsum(xp, axis=0) - xp)
-        ba = (thread_before[None, :] >> 32) + ((tl.cumsum(xa, axis=0) - xa) >> 32)
+        # Ranks of both rows in one 1-D scan over the index q, which both rows' tie rule follows:
+        # entry q packs (gt, eq) of pixel q in bits 0-31 and of channel q in bits 32-63 (16-bit
+        # fields: counts <= 4096). The keys are read again (cache hits) in a 1-D layout: a scan
+        # along the threads' own columns of the [R, 256] tiles makes Triton 3.6 lay the tiles out
+        # across lanes, and every per-thread sum of the search above would become shuffles.
+        qr = tl.arange(0, RB)
+        kp1 = _ukeys(crow, qr, P, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, CAM_LAYOUT, P_BITS, P_EXP,
+                     P_NEG_INF)
+        ka1 = _ukeys(arow, qr, C, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, A_LAYOUT, A_BITS, A_EXP, A_NEG_INF)
+        gtp = kp1 > Tp
+        eqp = kp1 == Tp
+        gta = ka1 > Ta
+        eqa = ka1 == Ta
+        x = (gtp.to(tl.int64) | (eqp.to(tl.int64) << 16) | (gta.to(tl.int64) << 32)
+             | (eqa.to(tl.int64) << 48))
+        before = tl.cumsum(x, axis=0) - x  # entries before q, both rows
+        tot = tl.sum(x, axis=0)
         need_p = n_pix - (tot & 0xFFFF)
         need_a = n_chan - ((tot >> 32) & 0xFFFF)
-        gtp_b = bp & 0xFFFF
-        eqp_b = (bp >> 16) & 0xFFFF
-        gta_b = ba & 0xFFFF
-        eqa_b = (ba >> 16) & 0xFFFF
+        gtp_b = before & 0xFFFF
+        eqp_b = (before >> 16) & 0xFFFF
+        gta_b = (before >> 32) & 0xFFFF
+        eqa_b = (before >> 48) & 0xFFFF
         sel_p = gtp | (eqp & (eqp_b < need_p))
         sel_a = gta | (eqa & (eqa_b < need_a))
-        _emit(qa, sel_a, (gta_b + tl.minimum(eqa_b, need_a)).to(tl.int32), C, slot_row, chan_list, True)
-        _emit(qp, sel_p, (gtp_b + tl.minimum(eqp_b, need_p)).to(tl.int32), P, slot_row, pix_list, False)
+        _emit(qr, sel_a, (gta_b + tl.minimum(eqa_b, need_a)).to(tl.int32), C, slot_row, chan_list, True)
+        _emit(qr, sel_p, (gtp_b + tl.minimum(eqp_b, need_p)).to(tl.int32), P, slot_row, pix_list, False)
     else:
         Ta = _select_stream(arow, C, n_chan, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, A_LAYOUT, A_BITS, A_EXP, A_NEG_INF)
         Tp = _select_stream(crow, P, n_pix, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, CAM_LAYOUT, P_BITS,
                             P_EXP, P_NEG_INF)
-        _rank_stream(arow, C, n_chan, Ta, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, slot_row, chan_list, A_LAYOUT, A_BITS,
-                     A_EXP, A_NEG_INF, True)
-        _rank_stream(crow, P, n_pix, Tp, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, slot_row, pix_list,
-                     CAM_LAYOUT, P_BITS, P_EXP, P_NEG_INF, False)
+        _rank_stream(arow, C, n_chan, Ta, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, slot_row, chan_list,
+                     A_LAYOUT, A_BITS, A_EXP, A_NEG_INF, True)
+        _rank_stream(crow, P, n_pix, Tp, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, slot_row,
+                     pix_list, CAM_LAYOUT, P_BITS, P_EXP, P_NEG_INF, False)
     tl.debug_barrier()  # the lists and the zeroed copies are visible to every thread
 
     # Step 3: |S ∩ V|, the top pixels that are valid centres.
