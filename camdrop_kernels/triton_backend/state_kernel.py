@@ -205,18 +205,17 @@ def _rank_stream(row, L, n, T, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, 
     need = n - (tot & 0xFFFFFFFF)
     carry = tl.full((), 0, tl.int64)
     for c0 in range(0, L, CH):  # loop: rank_chunks
-        q = _tile(c0, 16)
+        q = c0 + tl.arange(0, CH)  # (1-D: the scan follows the index order whatever the layout)
         k = _ukeys(row, q, L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT, KEY_BITS, EXP, NEG_INF)
         gt = k > T
         eq = k == T
         x = gt.to(tl.int64) | (eq.to(tl.int64) << 32)
-        part = tl.sum(x, axis=0)
-        before = carry + (tl.cumsum(part, axis=0) - part)[None, :] + (tl.cumsum(x, axis=0) - x)
+        before = carry + tl.cumsum(x, axis=0) - x
         gt_b = before & 0xFFFFFFFF
         eq_b = before >> 32
         sel = gt | (eq & (eq_b < need))
         _emit(q, sel, (gt_b + tl.minimum(eq_b, need)).to(tl.int32), L, slot_row, out_list, CHANNELS)
-        carry += tl.sum(part, axis=0)
+        carry += tl.sum(x, axis=0)
 
 
 @triton.jit

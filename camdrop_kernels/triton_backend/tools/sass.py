@@ -180,7 +180,8 @@ class Sass:
         return int(short[0]), int(long_[0])
 
     def estimate(self, trips: Dict[str, Tuple[Tuple[str, int, int], float]],
-                 cold: Sequence[Tuple[str, int, int]] = ()) -> Tuple[float, List[dict]]:
+                 cold: Sequence[Tuple[str, int, int]] = (), only: Optional[Sequence[str]] = None
+                 ) -> Tuple[float, List[dict]]:
         """Dynamic warp-instruction estimate for one warp of one program.
 
         ``trips``: source loop name -> ((file, first line, last line), trips of one entry).
@@ -189,7 +190,7 @@ class Sass:
         stack lies in it. Each SASS loop (a backward branch) is matched to the innermost source
         loop that holds most of its instructions; an instruction counts once times the trips of
         every SASS loop around it. A source loop that ptxas splits (say an unrolled main loop and
-        a remainder) is counted once per part: an over-estimate. Returns (estimate, per-loop
+        a remainder) is counted once per part: an over-estimate. ``only``: count just these base opcodes (e.g. ("BAR",)). Returns (estimate, per-loop
         detail)."""
         def inside(ins: Instr, rng) -> bool:
             file, lo, hi = rng
@@ -233,6 +234,8 @@ class Sass:
         total, cold_count = 0.0, 0
         per_loop: Dict[str, dict] = {}
         for k, ins in enumerate(self.instrs):
+            if only is not None and ins.base not in only:
+                continue
             if is_cold[k]:
                 cold_count += 1
                 continue
