@@ -118,7 +118,8 @@ def _ukeys(row, q, L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT: t
         u = (key ^ -2147483648).to(tl.uint32, bitcast=True)
     else:
         u = (key ^ -9223372036854775808).to(tl.uint64, bitcast=True)
-    return tl.where(ok, u, _kconst(0, KEY_BITS))
+    return tl.where(ok, u, u * 0)  # (u * 0: the same type and shape; a 0-d uint64 0 broadcast into a
+    # 2-D where is not kept by the interpreter)
 
 
 @triton.jit
@@ -133,9 +134,11 @@ def _tile(base, R: tl.constexpr):
 @triton.jit
 def _ge3(keys, T, S: tl.constexpr, KEY_BITS: tl.constexpr):
     """Per-thread counts of keys >= T + d * 2**S for d = 1, 2, 3 ([THREADS] int32 each)."""
-    c1 = tl.sum((keys >= T + _kconst(1 << S, KEY_BITS)).to(tl.int32), axis=0)
-    c2 = tl.sum((keys >= T + _kconst(2 << S, KEY_BITS)).to(tl.int32), axis=0)
-    c3 = tl.sum((keys >= T + _kconst(3 << S, KEY_BITS)).to(tl.int32), axis=0)
+    # (Shifted in the key type: Triton's interpreter hands S over as an int32 tensor, where 1 << 62
+    # would overflow; compiled, S is a constant and this folds.)
+    c1 = tl.sum((keys >= T + (_kconst(1, KEY_BITS) << S)).to(tl.int32), axis=0)
+    c2 = tl.sum((keys >= T + (_kconst(2, KEY_BITS) << S)).to(tl.int32), axis=0)
+    c3 = tl.sum((keys >= T + (_kconst(3, KEY_BITS) << S)).to(tl.int32), axis=0)
     return c1, c2, c3
 
 

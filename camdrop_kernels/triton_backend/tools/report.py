@@ -26,7 +26,7 @@ code on the benchmark's path: branches marked ``# cold`` in the kernel source ar
 count their bodies times the trips the launch plan implies. ``CPI`` (cycles per warp instruction of
 a lone program's warps, two per scheduler) is fitted to the H200's measurement of the OLD state
 kernel (commit f610a2f: a radix select with histograms in L2 and a completion ticket) at the
-benchmark shape, from that kernel's own SASS (tools/calibration.json, made by
+benchmark shape, from that kernel's own SASS (tools/calibration.py, from
 tools/calibrate_old.py); the other shapes the H200 measured then are held out, and ``calibration``
 reports the model's error on each. The old kernel stalled on L2 round trips, the new one on
 barriers and shuffles: one CPI for both is the model's main assumption (see "trust").
@@ -53,7 +53,6 @@ BENCH_DTYPE = torch.bfloat16
 SMS = 132  # H100 SXM and H200
 CLOCK_GHZ = 1.98  # the H200's SM clock under load (ncu: 1.97)
 BANDWIDTH = 205.5e6 / 49.6e-6  # bytes/s: the H200's measured copy at the bench shape (4.14 TB/s)
-CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration.json")
 # The state kernel's dependent global-memory round trips, in order, with their latencies in clocks
 # (H100 microbenchmarks: L2 hit ~300, DRAM ~600). No atomics, no ticket.
 ROUND_TRIPS = (("cam and alpha rows (DRAM)", 600), ("keys re-read for the ranks (L1/L2)", 300),
@@ -104,7 +103,7 @@ def _compile_variants(shape, dtype) -> List[dict]:
 
 def _apply_figures(plan, sass, shape) -> dict:
     """Warp instructions per element along the plain and masked paths, and their weighted mean."""
-    short, long_ = sass.paths()
+    short, long_ = sass.paths(loops_once=True)  # (the forward's batch-scale prologue: one trip)
     elements = plan.info["elements"]
     plain = short * plan.num_warps / elements
     masked = long_ * plan.num_warps / elements
@@ -157,8 +156,8 @@ def _state_trips(plan) -> Dict[str, float]:
 
 def calibration() -> dict:
     """The fitted CPI and the model's error on every point the H200 measured (the old kernel)."""
-    with open(CALIBRATION) as f:
-        cal = json.load(f)
+    from .calibration import CALIBRATION as cal
+
     points = cal["points"]
     fit = next(p for p in points if p["fit"])
     clocks = fit["measured_us"] * CLOCK_GHZ * 1e3

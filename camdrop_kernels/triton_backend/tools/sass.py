@@ -136,6 +136,8 @@ class Sass:
         target = self._target(ins)
         if target is None:
             return nxt
+        if target <= k:  # a backward branch (paths(loops_once=True)): leave the loop
+            return nxt
         return ([target] + nxt) if ins.pred else [target]
 
     def loops(self) -> List[Loop]:
@@ -161,10 +163,12 @@ class Sass:
                 lp.lines[(ins.file, ins.line)] = lp.lines.get((ins.file, ins.line), 0) + 1
         return found
 
-    def paths(self) -> Tuple[int, int]:
-        """(shortest, longest) instruction count from entry to an EXIT; ValueError on a loop."""
+    def paths(self, loops_once: bool = False) -> Tuple[int, int]:
+        """(shortest, longest) instruction count from entry to an EXIT; ValueError on a loop, unless
+        ``loops_once``: each loop body then counts once (its backward branch is not taken), e.g.
+        the apply kernels' batch-scale prologue, one trip up to 1024 samples."""
         n = len(self.instrs)
-        if any(lp for lp in self.loops()):
+        if any(lp for lp in self.loops()) and not loops_once:
             raise ValueError("the kernel has loops: use loops()/estimate() instead of paths()")
         INF = float("inf")
         short, long_ = [INF] * (n + 1), [-INF] * (n + 1)
