@@ -170,7 +170,7 @@ def state_plan(opts: Options, shape, cam: torch.Tensor, alpha: torch.Tensor, see
         A_BITS=a_bits, A_EXP=a_exp, A_NEG_INF=neg_inf_key(a_bits, a_exp),
         A_LAYOUT=0 if alpha.stride(1) == 1 or C == 1 else 1,
         RA=size_class(C, KEY_BLOCKS) // 256 if single else 16,
-        RB=max(size_class(P, KEY_BLOCKS), size_class(C, KEY_BLOCKS)), SINGLE=single, SB=sb, PB=pb, WPR=wpr, GUARD=guard, ZB=DILATE_BLOCK,
+        SINGLE=single, SB=sb, PB=pb, WPR=wpr, GUARD=guard, ZB=DILATE_BLOCK,
     )
     return Plan("state", state_kernel, (N, 1, 1), STATE_PER_CALL, static, constexprs, STATE_WARPS,
                 maxnreg=STATE_MAXNREG,

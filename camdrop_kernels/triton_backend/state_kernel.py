@@ -23,9 +23,9 @@
    over WPR words from word w0 = (start >> 5). Lanes of one plane are in pixel order, so runs
    with the same w0 are neighbours: a segmented OR scan along s (key w0) combines them and the
    last lane of each segment stores the combined run words, word t into scratch copy t: each
-   word of a copy has one writer (no atomics). Then every output word ORs, over the block's rows
-   (dd, dh), the copies' words shifted by (dd*H + dh)*W bits (two words per copy and row: a
-   funnel shift). Seeds are valid centres, so no run or row leaves its plane; GUARD zero words
+   word of a copy has one writer (no atomics). The copies are ORed into the first (one pass).
+   Then every output word ORs, over the block's rows (dd, dh), the runs' words shifted by
+   (dd*H + dh)*W bits (two words per row: a funnel shift). Seeds are valid centres, so no run or row leaves its plane; GUARD zero words
    around each plane absorb the shifted reads past the ends.
 5. Counts (step 7): the sample's dropped count, and its scale for normalize="sample"/"none".
    The batch scale needs every sample's count: the forward's apply kernel computes it from the
@@ -148,16 +148,15 @@ def _add3(a0, a1, a2, b0, b1, b2):
 
 
 @triton.jit
-def _add6(a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5):
-    return a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4, a5 + b5
-
-
-@triton.jit
-def _next(T, c1, c2, c3, n, S: tl.constexpr, KEY_BITS: tl.constexpr):
-    """T with bits S, S+1 set to the largest d whose candidate count still reaches n (the counts
-    fall as d rises, so d is the number of candidates that reach n)."""
+def _next(T, G, c1, c2, c3, n, S: tl.constexpr, KEY_BITS: tl.constexpr):
+    """(T, G) after one step: T with bits S, S+1 set to the largest d whose candidate count still
+    reaches n (the counts fall as d rises, so d is the number of candidates that reach n); G, the
+    count of keys >= the lowest candidate that failed so far (T + (d + 1) * 2**S when d < 3, else
+    the previous one, which is T + 4 * 2**S). After the last step (S = 0) that candidate is T + 1:
+    G is the number of keys > T, no reduction needed for it."""
     d = (c1 >= n).to(tl.int32) + (c2 >= n).to(tl.int32) + (c3 >= n).to(tl.int32)
-    return T + (_kcast(d, KEY_BITS) << S)
+    G = tl.where(d == 0, c1, tl.where(d == 1, c2, tl.where(d == 2, c3, G)))
+    return T + (_kcast(d, KEY_BITS) << S), G
 
 
 @triton.jit
@@ -193,19 +192,28 @@ def _emit(q, sel, place, L, slot_row, out_list, CHANNELS: tl.constexpr):
 
 
 @triton.jit
-def _rank_stream(row, L, n, T, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, slot_row, out_list,
+def _rank_row(row, L, need, T, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, slot_row, out_list,
+              LAYOUT: tl.constexpr, KEY_BITS: tl.constexpr, EXP: tl.constexpr, NEG_INF: tl.constexpr,
+              CHANNELS: tl.constexpr, BLOCK: tl.constexpr):
+    """Step 2 of the module docstring for a row of at most BLOCK (<= 4096) entries: entry q is in iff
+    gt, or eq with fewer than ``need`` eq entries before it; its place is gt_before + min(eq_before,
+    need)."""
+    q = tl.arange(0, BLOCK)
+    k = _ukeys(row, q, L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT, KEY_BITS, EXP, NEG_INF)
+    x = (k > T).to(tl.int32) | ((k == T).to(tl.int32) << 16)
+    before = tl.cumsum(x, axis=0) - x
+    sel = ((x & 1) != 0) | ((x > 1) & ((before >> 16) < need))
+    _emit(q, sel, (before & 0xFFFF) + tl.minimum(before >> 16, need), L, slot_row, out_list, CHANNELS)
+
+
+@triton.jit
+def _rank_stream(row, L, n, T, G, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, slot_row, out_list,
                  LAYOUT: tl.constexpr, KEY_BITS: tl.constexpr, EXP: tl.constexpr, NEG_INF: tl.constexpr,
                  CHANNELS: tl.constexpr):
-    """Step 2 of the module docstring for a row streamed in chunks of 16 * THREADS entries: a
-    pass for the totals, then a pass for the ranks (gt, eq counts in 32-bit fields of an int64)."""
+    """Step 2 of the module docstring for a row streamed in chunks of 16 * THREADS entries (gt, eq
+    counts in 32-bit fields of an int64; G, the number of keys > T, from the search)."""
     CH: tl.constexpr = 16 * THREADS
-    acc = tl.zeros([THREADS], tl.int64)
-    for c0 in range(0, L, CH):  # loop: rank_totals
-        k = _ukeys(row, _tile(c0, 16), L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT, KEY_BITS, EXP,
-                   NEG_INF)
-        acc += tl.sum((k > T).to(tl.int64) | ((k == T).to(tl.int64) << 32), axis=0)
-    tot = tl.sum(acc, axis=0)
-    need = n - (tot & 0xFFFFFFFF)
+    need = n - G
     carry = tl.full((), 0, tl.int64)
     for c0 in range(0, L, CH):  # loop: rank_chunks
         q = c0 + tl.arange(0, CH)  # (1-D: the scan follows the index order whatever the layout)
@@ -228,6 +236,7 @@ def _select_stream(row, L, n, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, L
     docstring; the three counts reduced unpacked: they may exceed 16 bits)."""
     CH: tl.constexpr = 16 * THREADS
     T = _kconst(0, KEY_BITS)
+    G = tl.full((), 0, tl.int32)
     for step in tl.static_range(KEY_BITS // 2):
         S = KEY_BITS - 2 * (step + 1)
         a1 = tl.zeros([THREADS], tl.int32)
@@ -241,8 +250,8 @@ def _select_stream(row, L, n, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, L
             a2 += c2
             a3 += c3
         r1, r2, r3 = tl.reduce((a1, a2, a3), 0, _add3)
-        T = _next(T, r1, r2, r3, n, S, KEY_BITS)
-    return T
+        T, G = _next(T, G, r1, r2, r3, n, S, KEY_BITS)
+    return T, G
 
 
 # Integers are not specialised (1 as a constant, multiples of 16): one compiled kernel serves
@@ -265,7 +274,7 @@ def state_kernel(
     up_d, down_d, up_h, down_h, up_w, rw, rho, flags, hs_stride, m_words, s_words,
     P_BITS: tl.constexpr, P_EXP: tl.constexpr, P_NEG_INF: tl.constexpr, CAM_LAYOUT: tl.constexpr, RP: tl.constexpr,
     A_BITS: tl.constexpr, A_EXP: tl.constexpr, A_NEG_INF: tl.constexpr, A_LAYOUT: tl.constexpr, RA: tl.constexpr,
-    RB: tl.constexpr, SINGLE: tl.constexpr, SB: tl.constexpr, PB: tl.constexpr, WPR: tl.constexpr, GUARD: tl.constexpr,
+    SINGLE: tl.constexpr, SB: tl.constexpr, PB: tl.constexpr, WPR: tl.constexpr, GUARD: tl.constexpr,
     ZB: tl.constexpr,
 ):
     i = tl.program_id(0)
@@ -297,6 +306,8 @@ def state_kernel(
         ka = _ukeys(arow, qa, C, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, A_LAYOUT, A_BITS, A_EXP, A_NEG_INF)
         Tp = _kconst(0, P_BITS)
         Ta = _kconst(0, A_BITS)
+        Gp = tl.full((), 0, tl.int32)
+        Ga = tl.full((), 0, tl.int32)
         STEPS: tl.constexpr = (P_BITS if P_BITS > A_BITS else A_BITS) // 2
         for step in tl.static_range(STEPS):  # (unrolled: constant shifts)
             SPX = P_BITS - 2 * (step + 1)  # this step's bit pair of each row (< 0: that row is done)
@@ -311,43 +322,28 @@ def state_kernel(
             # Six counts of at most 4096 in three words, 16 bits each: one block reduction.
             rx, ry, rz = tl.reduce((p1 | (p2 << 16), p3 | (a1 << 16), a2 | (a3 << 16)), 0, _add3)
             if SPX >= 0:
-                Tp = _next(Tp, rx & 0xFFFF, rx >> 16, ry & 0xFFFF, n_pix, SPX, P_BITS)
+                Tp, Gp = _next(Tp, Gp, rx & 0xFFFF, rx >> 16, ry & 0xFFFF, n_pix, SPX, P_BITS)
             if SAX >= 0:
-                Ta = _next(Ta, ry >> 16, rz & 0xFFFF, rz >> 16, n_chan, SAX, A_BITS)
-        # Ranks of both rows in one 1-D scan over the index q, which both rows' tie rule follows:
-        # entry q packs (gt, eq) of pixel q in bits 0-31 and of channel q in bits 32-63 (16-bit
-        # fields: counts <= 4096). The keys are read again (cache hits) in a 1-D layout: a scan
-        # along the threads' own columns of the [R, 256] tiles makes Triton 3.6 lay the tiles out
-        # across lanes, and every per-thread sum of the search above would become shuffles.
-        qr = tl.arange(0, RB)
-        kp1 = _ukeys(crow, qr, P, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, CAM_LAYOUT, P_BITS, P_EXP,
-                     P_NEG_INF)
-        ka1 = _ukeys(arow, qr, C, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, A_LAYOUT, A_BITS, A_EXP, A_NEG_INF)
-        gtp = kp1 > Tp
-        eqp = kp1 == Tp
-        gta = ka1 > Ta
-        eqa = ka1 == Ta
-        x = (gtp.to(tl.int64) | (eqp.to(tl.int64) << 16) | (gta.to(tl.int64) << 32)
-             | (eqa.to(tl.int64) << 48))
-        before = tl.cumsum(x, axis=0) - x  # entries before q, both rows
-        tot = tl.sum(x, axis=0)
-        need_p = n_pix - (tot & 0xFFFF)
-        need_a = n_chan - ((tot >> 32) & 0xFFFF)
-        gtp_b = before & 0xFFFF
-        eqp_b = (before >> 16) & 0xFFFF
-        gta_b = (before >> 32) & 0xFFFF
-        eqa_b = (before >> 48) & 0xFFFF
-        sel_p = gtp | (eqp & (eqp_b < need_p))
-        sel_a = gta | (eqa & (eqa_b < need_a))
-        _emit(qr, sel_a, (gta_b + tl.minimum(eqa_b, need_a)).to(tl.int32), C, slot_row, chan_list, True)
-        _emit(qr, sel_p, (gtp_b + tl.minimum(eqp_b, need_p)).to(tl.int32), P, slot_row, pix_list, False)
+                Ta, Ga = _next(Ta, Ga, ry >> 16, rz & 0xFFFF, rz >> 16, n_chan, SAX, A_BITS)
+        # Ranks: a 1-D scan of each row over its index (the tie rule's order) of (gt, eq) in 16-bit
+        # fields of an int32 (counts <= 4096). The keys are read again (cache hits) in a 1-D
+        # layout: a scan along the threads' own columns of the [R, 256] tiles would make Triton 3.6
+        # lay them out across lanes, and every per-thread sum of the search above would become
+        # shuffles. (Two scans rather than one over both rows: half the registers.)
+        need_p = n_pix - Gp  # 1 <= need <= the number of keys equal to T
+        need_a = n_chan - Ga
+        _rank_row(arow, C, need_a, Ta, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, slot_row, chan_list, A_LAYOUT, A_BITS, A_EXP,
+                  A_NEG_INF, True, RA * THREADS)
+        _rank_row(crow, P, need_p, Tp, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, slot_row, pix_list, CAM_LAYOUT,
+                  P_BITS, P_EXP, P_NEG_INF, False, RP * THREADS)
     else:
-        Ta = _select_stream(arow, C, n_chan, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, A_LAYOUT, A_BITS, A_EXP, A_NEG_INF)
-        Tp = _select_stream(crow, P, n_pix, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, CAM_LAYOUT, P_BITS,
-                            P_EXP, P_NEG_INF)
-        _rank_stream(arow, C, n_chan, Ta, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, slot_row, chan_list,
+        Ta, Ga = _select_stream(arow, C, n_chan, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, A_LAYOUT, A_BITS, A_EXP,
+                                A_NEG_INF)
+        Tp, Gp = _select_stream(crow, P, n_pix, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, CAM_LAYOUT,
+                                P_BITS, P_EXP, P_NEG_INF)
+        _rank_stream(arow, C, n_chan, Ta, Ga, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, slot_row, chan_list,
                      A_LAYOUT, A_BITS, A_EXP, A_NEG_INF, True)
-        _rank_stream(crow, P, n_pix, Tp, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, slot_row,
+        _rank_stream(crow, P, n_pix, Tp, Gp, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, slot_row,
                      pix_list, CAM_LAYOUT, P_BITS, P_EXP, P_NEG_INF, False)
     tl.debug_barrier()  # the lists and the zeroed copies are visible to every thread
 
@@ -415,6 +411,19 @@ def state_kernel(
             if n_pix > SB:  # cold: the next chunk may OR into words this one stored
                 tl.debug_barrier()
     tl.debug_barrier()  # every run is in
+    if WPR > 1:
+        # Merge each run width's WPR copies into its first (each word read and written by one
+        # thread): the dilation below then reads one copy per block row.
+        for k in range(0, nh):  # loop: merge_copies
+            base = copies + k * WPR * copy_words
+            for z0 in range(0, copy_words, ZB):  # loop: merge
+                z = z0 + tl.arange(0, ZB)
+                z_ok = z < copy_words
+                acc = tl.load(base + z, mask=z_ok, other=0)
+                for t in tl.static_range(1, WPR):
+                    acc |= tl.load(base + t * copy_words + z, mask=z_ok, other=0)
+                tl.store(base + z, acc, mask=z_ok)
+        tl.debug_barrier()  # the merged runs are visible
 
     # Dilation along the other axes: block row (dd, dh) is the runs moved by (dd*H + dh)*W bits.
     region = n_chan * words
@@ -434,16 +443,12 @@ def state_kernel(
                     shift = (dd * H + dh) * W
                     q = shift >> 5
                     r = shift & 31
-                    row = src + kk * WPR * copy_words - q
-                    upper = tl.zeros([ZB], tl.int32)
-                    lower = tl.zeros([ZB], tl.int32)
-                    for t in tl.static_range(WPR):
-                        upper |= tl.load(row + t * copy_words, mask=z_ok, other=0)
-                        lower |= tl.load(row + t * copy_words - 1, mask=z_ok, other=0)
-                    pair = ((upper.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
-                            | lower.to(tl.uint32, bitcast=True).to(tl.uint64))
+                    row = src + kk * WPR * copy_words - q  # (the merged copy of run width kk)
+                    upper = tl.load(row, mask=z_ok, other=0)
+                    lower = tl.load(row - 1, mask=z_ok, other=0)
+                    pair = (upper.to(tl.int64) << 32) | (lower.to(tl.int64) & 0xFFFFFFFF)
                     # bit x of the row is bit x - shift of the runs: (upper << r) | (lower >> (32 - r)).
-                    dil |= ((pair >> (32 - r)) & 0xFFFFFFFF).to(tl.uint32).to(tl.int32, bitcast=True)
+                    dil |= (pair >> (32 - r)).to(tl.int32)  # (the low 32 bits: the truncation)
         tl.store(plane0 + z, dil, mask=z_ok)
         ones += popcount32(dil)
 

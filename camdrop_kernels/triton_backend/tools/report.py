@@ -150,7 +150,9 @@ def _state_trips(plan) -> Dict[str, float]:
         zero=cdiv(zero_words, ce["ZB"]), valid=cdiv(n, ce["SB"]) - 1, planes=cdiv(nc, ce["PB"]),
         seeds=cdiv(n, ce["SB"]), runs=info["copies"] // ce["WPR"], dilate=cdiv(nc * words, ce["ZB"]),
         rows_d=static["up_d"] + static["down_d"] + 1, rows_h=static["up_h"] + static["down_h"] + 1,
-        select_chunks=0, rank_totals=0, rank_chunks=0, batch_counts=0, batch_store=0,
+        merge_copies=info["copies"] // ce["WPR"] if ce["WPR"] > 1 else 0,
+        merge=cdiv(nc * static["hs_stride"], ce["ZB"]) if ce["WPR"] > 1 else 0,
+        select_chunks=0, rank_chunks=0, batch_counts=0, batch_store=0,
     )
 
 
