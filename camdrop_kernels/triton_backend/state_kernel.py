@@ -6,7 +6,8 @@
    key 0, below every real key (-inf's key is > 0), so they never count. The n-th largest key T
    is found two bits at a time, most significant first: with T's higher bits fixed, three
    candidates T + d * 2**s (d = 1, 2, 3) are counted ("how many keys >= candidate"), and the
-   largest d whose count still reaches n is kept. The pixel and the channel searches run in
+   largest d whose count still reaches n is kept; a row stops as soon as exactly n keys are >= T
+   (distinct float32 keys: after about half the steps; ties at the n-th value: never early). The pixel and the channel searches run in
    lockstep: each thread sums its own keys' comparisons (no communication), and one block
    reduction of three int32 words (both rows' six counts, 16 bits each: counts <= 4096) serves
    both searches: KEY_BITS / 2 reductions in all (16 for float32, 8 for bfloat16).
@@ -148,15 +149,17 @@ def _add3(a0, a1, a2, b0, b1, b2):
 
 
 @triton.jit
-def _next(T, G, c1, c2, c3, n, S: tl.constexpr, KEY_BITS: tl.constexpr):
-    """(T, G) after one step: T with bits S, S+1 set to the largest d whose candidate count still
-    reaches n (the counts fall as d rises, so d is the number of candidates that reach n); G, the
-    count of keys >= the lowest candidate that failed so far (T + (d + 1) * 2**S when d < 3, else
-    the previous one, which is T + 4 * 2**S). After the last step (S = 0) that candidate is T + 1:
-    G is the number of keys > T, no reduction needed for it."""
+def _next(T, G, CT, c1, c2, c3, n, S: tl.constexpr, KEY_BITS: tl.constexpr):
+    """(T, G, CT) after one step: T with bits S, S+1 set to the largest d whose candidate count
+    still reaches n (the counts fall as d rises, so d is the number of candidates that reach n);
+    CT, the count of keys >= T; G, the count of keys >= the lowest candidate that failed so far
+    (T + (d + 1) * 2**S when d < 3, else the previous one, which is T + 4 * 2**S). After the last
+    step (S = 0) that candidate is T + 1: G is the number of keys > T, no reduction needed for it.
+    When CT reaches n exactly the search may stop: the keys >= T are the top n."""
     d = (c1 >= n).to(tl.int32) + (c2 >= n).to(tl.int32) + (c3 >= n).to(tl.int32)
     G = tl.where(d == 0, c1, tl.where(d == 1, c2, tl.where(d == 2, c3, G)))
-    return T + (_kcast(d, KEY_BITS) << S), G
+    CT = tl.where(d == 1, c1, tl.where(d == 2, c2, tl.where(d == 3, c3, CT)))
+    return T + (_kcast(d, KEY_BITS) << S), G, CT
 
 
 @triton.jit
@@ -202,7 +205,7 @@ def _rank_row(row, L, need, T, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, 
     k = _ukeys(row, q, L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT, KEY_BITS, EXP, NEG_INF)
     x = (k > T).to(tl.int32) | ((k == T).to(tl.int32) << 16)
     before = tl.cumsum(x, axis=0) - x
-    sel = ((x & 1) != 0) | ((x > 1) & ((before >> 16) < need))
+    sel = (((x & 1) != 0) | ((x > 1) & ((before >> 16) < need))) & (q < L)  # (T = 0 when n = L: not the padding)
     _emit(q, sel, (before & 0xFFFF) + tl.minimum(before >> 16, need), L, slot_row, out_list, CHANNELS)
 
 
@@ -224,7 +227,7 @@ def _rank_stream(row, L, n, T, G, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_h
         before = carry + tl.cumsum(x, axis=0) - x
         gt_b = before & 0xFFFFFFFF
         eq_b = before >> 32
-        sel = gt | (eq & (eq_b < need))
+        sel = (gt | (eq & (eq_b < need))) & (q < L)
         _emit(q, sel, (gt_b + tl.minimum(eq_b, need)).to(tl.int32), L, slot_row, out_list, CHANNELS)
         carry += tl.sum(x, axis=0)
 
@@ -237,6 +240,7 @@ def _select_stream(row, L, n, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, L
     CH: tl.constexpr = 16 * THREADS
     T = _kconst(0, KEY_BITS)
     G = tl.full((), 0, tl.int32)
+    CT = tl.full((), 0, tl.int32) + L
     for step in tl.static_range(KEY_BITS // 2):
         S = KEY_BITS - 2 * (step + 1)
         a1 = tl.zeros([THREADS], tl.int32)
@@ -250,7 +254,7 @@ def _select_stream(row, L, n, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, L
             a2 += c2
             a3 += c3
         r1, r2, r3 = tl.reduce((a1, a2, a3), 0, _add3)
-        T, G = _next(T, G, r1, r2, r3, n, S, KEY_BITS)
+        T, G, CT = _next(T, G, CT, r1, r2, r3, n, S, KEY_BITS)
     return T, G
 
 
@@ -308,30 +312,46 @@ def state_kernel(
         Ta = _kconst(0, A_BITS)
         Gp = tl.full((), 0, tl.int32)
         Ga = tl.full((), 0, tl.int32)
+        CTp = tl.full((), 0, tl.int32) + P  # keys >= T (T = 0: every entry of the row)
+        CTa = tl.full((), 0, tl.int32) + C
         STEPS: tl.constexpr = (P_BITS if P_BITS > A_BITS else A_BITS) // 2
         for step in tl.static_range(STEPS):  # (unrolled: constant shifts)
             SPX = P_BITS - 2 * (step + 1)  # this step's bit pair of each row (< 0: that row is done)
             SAX = A_BITS - 2 * (step + 1)
-            zero = tl.zeros([THREADS], tl.int32)
-            p1, p2, p3 = zero, zero, zero
-            a1, a2, a3 = zero, zero, zero
-            if SPX >= 0:
-                p1, p2, p3 = _ge3(kp, Tp, SPX, P_BITS)
-            if SAX >= 0:
-                a1, a2, a3 = _ge3(ka, Ta, SAX, A_BITS)
-            # Six counts of at most 4096 in three words, 16 bits each: one block reduction.
-            rx, ry, rz = tl.reduce((p1 | (p2 << 16), p3 | (a1 << 16), a2 | (a3 << 16)), 0, _add3)
-            if SPX >= 0:
-                Tp, Gp = _next(Tp, Gp, rx & 0xFFFF, rx >> 16, ry & 0xFFFF, n_pix, SPX, P_BITS)
-            if SAX >= 0:
-                Ta, Ga = _next(Ta, Ga, ry >> 16, rz & 0xFFFF, rz >> 16, n_chan, SAX, A_BITS)
+            # Early exit (uniform branches): a row whose keys >= T are exactly its top n is done.
+            more_p = CTp != n_pix
+            more_a = CTa != n_chan
+            if SPX < 0:
+                more_p = more_p & False
+            if SAX < 0:
+                more_a = more_a & False
+            if more_p | more_a:
+                zero = tl.zeros([THREADS], tl.int32)
+                p1, p2, p3 = zero, zero, zero
+                a1, a2, a3 = zero, zero, zero
+                if SPX >= 0:
+                    if more_p:
+                        p1, p2, p3 = _ge3(kp, Tp, SPX, P_BITS)
+                if SAX >= 0:
+                    if more_a:
+                        a1, a2, a3 = _ge3(ka, Ta, SAX, A_BITS)
+                # Six counts of at most 4096 in three words, 16 bits each: one block reduction.
+                rx, ry, rz = tl.reduce((p1 | (p2 << 16), p3 | (a1 << 16), a2 | (a3 << 16)), 0, _add3)
+                if SPX >= 0:
+                    if more_p:
+                        Tp, Gp, CTp = _next(Tp, Gp, CTp, rx & 0xFFFF, rx >> 16, ry & 0xFFFF, n_pix, SPX, P_BITS)
+                if SAX >= 0:
+                    if more_a:
+                        Ta, Ga, CTa = _next(Ta, Ga, CTa, ry >> 16, rz & 0xFFFF, rz >> 16, n_chan, SAX, A_BITS)
+        # need: how many keys equal to T are in (the lowest indices first); a search that stopped
+        # early takes them all (CT == n: at most n of them).
+        need_p = tl.where(CTp == n_pix, n_pix, n_pix - Gp)
+        need_a = tl.where(CTa == n_chan, n_chan, n_chan - Ga)
         # Ranks: a 1-D scan of each row over its index (the tie rule's order) of (gt, eq) in 16-bit
         # fields of an int32 (counts <= 4096). The keys are read again (cache hits) in a 1-D
         # layout: a scan along the threads' own columns of the [R, 256] tiles would make Triton 3.6
         # lay them out across lanes, and every per-thread sum of the search above would become
         # shuffles. (Two scans rather than one over both rows: half the registers.)
-        need_p = n_pix - Gp  # 1 <= need <= the number of keys equal to T
-        need_a = n_chan - Ga
         _rank_row(arow, C, need_a, Ta, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, slot_row, chan_list, A_LAYOUT, A_BITS, A_EXP,
                   A_NEG_INF, True, RA * THREADS)
         _rank_row(crow, P, need_p, Tp, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, slot_row, pix_list, CAM_LAYOUT,
