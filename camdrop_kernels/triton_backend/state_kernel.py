@@ -133,10 +133,9 @@ def _tile(base, R: tl.constexpr):
 
 
 @triton.jit
-def _ge3(keys, T, S: tl.constexpr, KEY_BITS: tl.constexpr):
+def _ge3(keys, T, S, KEY_BITS: tl.constexpr):
     """Per-thread counts of keys >= T + d * 2**S for d = 1, 2, 3 ([THREADS] int32 each)."""
-    # (Shifted in the key type: Triton's interpreter hands S over as an int32 tensor, where 1 << 62
-    # would overflow; compiled, S is a constant and this folds.)
+    # (Shifted in the key type: S is a run-time int32, and 1 << 62 would overflow an int32.)
     c1 = tl.sum((keys >= T + (_kconst(1, KEY_BITS) << S)).to(tl.int32), axis=0)
     c2 = tl.sum((keys >= T + (_kconst(2, KEY_BITS) << S)).to(tl.int32), axis=0)
     c3 = tl.sum((keys >= T + (_kconst(3, KEY_BITS) << S)).to(tl.int32), axis=0)
@@ -149,7 +148,7 @@ def _add3(a0, a1, a2, b0, b1, b2):
 
 
 @triton.jit
-def _next(T, G, CT, c1, c2, c3, n, S: tl.constexpr, KEY_BITS: tl.constexpr):
+def _next(T, G, CT, c1, c2, c3, n, S, KEY_BITS: tl.constexpr):
     """(T, G, CT) after one step: T with bits S, S+1 set to the largest d whose candidate count
     still reaches n (the counts fall as d rises, so d is the number of candidates that reach n);
     CT, the count of keys >= T; G, the count of keys >= the lowest candidate that failed so far
@@ -314,35 +313,30 @@ def state_kernel(
         Ga = tl.full((), 0, tl.int32)
         CTp = tl.full((), 0, tl.int32) + P  # keys >= T (T = 0: every entry of the row)
         CTa = tl.full((), 0, tl.int32) + C
-        STEPS: tl.constexpr = (P_BITS if P_BITS > A_BITS else A_BITS) // 2
-        for step in tl.static_range(STEPS):  # (unrolled: constant shifts)
-            SPX = P_BITS - 2 * (step + 1)  # this step's bit pair of each row (< 0: that row is done)
-            SAX = A_BITS - 2 * (step + 1)
-            # Early exit (uniform branches): a row whose keys >= T are exactly its top n is done.
-            more_p = CTp != n_pix
-            more_a = CTa != n_chan
-            if SPX < 0:
-                more_p = more_p & False
-            if SAX < 0:
-                more_a = more_a & False
-            if more_p | more_a:
-                zero = tl.zeros([THREADS], tl.int32)
-                p1, p2, p3 = zero, zero, zero
-                a1, a2, a3 = zero, zero, zero
-                if SPX >= 0:
-                    if more_p:
-                        p1, p2, p3 = _ge3(kp, Tp, SPX, P_BITS)
-                if SAX >= 0:
-                    if more_a:
-                        a1, a2, a3 = _ge3(ka, Ta, SAX, A_BITS)
-                # Six counts of at most 4096 in three words, 16 bits each: one block reduction.
-                rx, ry, rz = tl.reduce((p1 | (p2 << 16), p3 | (a1 << 16), a2 | (a3 << 16)), 0, _add3)
-                if SPX >= 0:
-                    if more_p:
-                        Tp, Gp, CTp = _next(Tp, Gp, CTp, rx & 0xFFFF, rx >> 16, ry & 0xFFFF, n_pix, SPX, P_BITS)
-                if SAX >= 0:
-                    if more_a:
-                        Ta, Ga, CTa = _next(Ta, Ga, CTa, ry >> 16, rz & 0xFFFF, rz >> 16, n_chan, SAX, A_BITS)
+        # Step s looks at bits SP, SP + 1 of the pixel keys and SA, SA + 1 of the channel keys (a
+        # row whose bits are used up, or whose keys >= T are exactly its top n, is done: early exit).
+        SP = P_BITS - 2
+        SA = A_BITS - 2
+        more_p = CTp != n_pix
+        more_a = CTa != n_chan
+        while more_p | more_a:  # loop: search
+            zero = tl.zeros([THREADS], tl.int32)
+            p1, p2, p3 = zero, zero, zero
+            a1, a2, a3 = zero, zero, zero
+            if more_p:
+                p1, p2, p3 = _ge3(kp, Tp, SP, P_BITS)
+            if more_a:
+                a1, a2, a3 = _ge3(ka, Ta, SA, A_BITS)
+            # Six counts of at most 4096 in three words, 16 bits each: one block reduction.
+            rx, ry, rz = tl.reduce((p1 | (p2 << 16), p3 | (a1 << 16), a2 | (a3 << 16)), 0, _add3)
+            if more_p:
+                Tp, Gp, CTp = _next(Tp, Gp, CTp, rx & 0xFFFF, rx >> 16, ry & 0xFFFF, n_pix, SP, P_BITS)
+            if more_a:
+                Ta, Ga, CTa = _next(Ta, Ga, CTa, ry >> 16, rz & 0xFFFF, rz >> 16, n_chan, SA, A_BITS)
+            SP -= 2
+            SA -= 2
+            more_p = (SP >= 0) & (CTp != n_pix)
+            more_a = (SA >= 0) & (CTa != n_chan)
         # need: how many keys equal to T are in (the lowest indices first); a search that stopped
         # early takes them all (CT == n: at most n of them).
         need_p = tl.where(CTp == n_pix, n_pix, n_pix - Gp)

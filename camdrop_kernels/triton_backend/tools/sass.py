@@ -272,7 +272,7 @@ def function_lines(module_file: str, names: Sequence[str]) -> List[Tuple[str, in
 def source_regions(module_file: str) -> Tuple[Dict[str, Tuple[str, int, int]], List[Tuple[str, int, int]]]:
     """Marked regions of a kernel source file: loops (``# loop: NAME`` on a ``for`` line) as
     NAME -> (file, for line, last line of its body), and cold branches (``# cold`` on an ``if``
-    line) as (file, first, last line of the if-body)."""
+    line) as (file, first, last line of the if-body). (``while`` loops may be marked too.)"""
     import ast
 
     with open(module_file) as f:
@@ -281,7 +281,7 @@ def source_regions(module_file: str) -> Tuple[Dict[str, Tuple[str, int, int]], L
     loops, cold = {}, []
     for node in ast.walk(ast.parse(text)):
         marker = lines[node.lineno - 1] if hasattr(node, "lineno") else ""
-        if isinstance(node, ast.For):
+        if isinstance(node, (ast.For, ast.While)):
             m = re.search(r"#\s*loop:\s*(\w+)", marker)
             if m:
                 loops[m.group(1)] = (module_file, node.lineno, node.end_lineno)
