@@ -140,7 +140,7 @@ def apply_nchw_kernel(
     _store(y_ptr + i64 * syn, offs, y, in_bounds, ROUND_BF16, not EVEN)
 
 
-@triton.jit(do_not_specialize=["N", "C", "P", "n_chan", "words"], do_not_specialize_on_alignment=_STATE_PTRS)
+@triton.jit(do_not_specialize=["N", "P", "n_chan", "words"], do_not_specialize_on_alignment=_STATE_PTRS)
 def apply_nhwc_kernel(
     x_ptr, y_ptr, slots_ptr, bits_ptr, scale_ptr, dropped_ptr,
     N, C, P, n_chan, words, sxn, syn,
