@@ -2,22 +2,23 @@
 
 1. Selection (steps 1-2). cam[i] and alpha[i] become order-preserving unsigned keys (NaN as
    -inf, -0.0 as +0.0; 16 bits for float16/bfloat16, 32 for float32, 64 for float64), held in
-   registers as [R, 256] tiles (row r: entries r*256 .. r*256 + 255, one per thread). Entries past the row's end get
-   key 0, below every real key (-inf's key is > 0), so they never count. The n-th largest key T
-   is found two bits at a time, most significant first: with T's higher bits fixed, three
-   candidates T + d * 2**s (d = 1, 2, 3) are counted ("how many keys >= candidate"), and the
-   largest d whose count still reaches n is kept; a row stops as soon as exactly n keys are >= T
-   (distinct float32 keys: after about half the steps; ties at the n-th value: never early). The pixel and the channel searches run in
-   lockstep: each thread sums its own keys' comparisons (no communication), and one block
-   reduction of three int32 words (both rows' six counts, 16 bits each: counts <= 4096) serves
-   both searches: KEY_BITS / 2 reductions in all (16 for float32, 8 for bfloat16).
-2. Ranks. gt = key > T, eq = key == T; one block scan over the index q of (gt, eq) of pixel q
-   and of channel q (packed in an int64) gives each entry the number of gt and eq entries before
-   it in index order; with G = the total gt and need = n - G (1 <= need <= the
-   total eq), an entry is in iff gt, or eq with fewer than `need` eq entries before it (SPEC's
-   tie rule: lower index first), and its place among the chosen is gt_before + min(eq_before,
-   need). Channels: the place is the slot (ascending channel order); pixels: the place in the
-   top-pixel list, which is therefore sorted by pixel index.
+   registers as [R, 256] tiles (row r: entries r*256 .. r*256 + 255, one per thread). Entries
+   past the row's end get key 0, below every real key (-inf's key is > 0), so they never count.
+   The n-th largest key T is found two bits a step, most significant first: with T's higher
+   bits fixed, three candidates T + d * 2**s (d = 1, 2, 3) are counted ("how many keys >=
+   candidate"), and the largest d whose count still reaches n is kept. A row stops as soon as
+   exactly n keys are >= T (distinct float32 keys: after about half the steps; ties at the n-th
+   value: never early). The pixel and the channel searches run in lockstep in one loop: each
+   thread sums its own keys' comparisons (no communication), and one block reduction of three
+   int32 words (both rows' six counts, 16 bits each: counts <= 4096) serves both searches: at
+   most KEY_BITS / 2 reductions (16 for float32, 8 for bfloat16).
+2. Ranks. gt = key > T, eq = key == T; a block scan of (gt, eq) over each row's index gives
+   each entry the number of gt and eq entries before it in index order. With G = the number of
+   keys > T (known from the search, _next) and need = n - G (1 <= need <= the number of keys
+   equal to T; all of them after an early stop), an entry is in iff gt, or eq with fewer than
+   `need` eq entries before it (SPEC's tie rule: lower index first), and its place among the
+   chosen is gt_before + min(eq_before, need). Channels: the place is the slot (ascending channel
+   order); pixels: the place in the top-pixel list, which is therefore sorted by pixel index.
 3. The seed rate from |S ∩ V| (step 4), in float64.
 4. Seeds and blocks (steps 5-6). Lanes (plane j, top pixel s), PB x SB at a time: U is drawn only
    there. Each firing seed's run along w (the block's row at the seed's row) is a bit pattern
@@ -26,8 +27,9 @@
    last lane of each segment stores the combined run words, word t into scratch copy t: each
    word of a copy has one writer (no atomics). The copies are ORed into the first (one pass).
    Then every output word ORs, over the block's rows (dd, dh), the runs' words shifted by
-   (dd*H + dh)*W bits (two words per row: a funnel shift). Seeds are valid centres, so no run or row leaves its plane; GUARD zero words
-   around each plane absorb the shifted reads past the ends.
+   (dd*H + dh)*W bits (two words per row: a funnel shift). Seeds are valid centres, so no run
+   or row leaves its plane; GUARD zero words around each plane absorb the shifted reads past
+   the ends.
 5. Counts (step 7): the sample's dropped count, and its scale for normalize="sample"/"none".
    The batch scale needs every sample's count: the forward's apply kernel computes it from the
    N counts (the same float64 formula, ``common.batch_scale``) and its first program stores it

@@ -194,8 +194,8 @@ class Sass:
         stack lies in it. Each SASS loop (a backward branch) is matched to the innermost source
         loop that holds most of its instructions; an instruction counts once times the trips of
         every SASS loop around it. A source loop that ptxas splits (say an unrolled main loop and
-        a remainder) is counted once per part: an over-estimate. ``only``: count just these base opcodes (e.g. ("BAR",)). Returns (estimate, per-loop
-        detail)."""
+        a remainder) is counted once per part: an over-estimate. ``only``: count just these base
+        opcodes (e.g. ("BAR",): barriers executed). Returns (estimate, per-loop detail)."""
         def inside(ins: Instr, rng) -> bool:
             file, lo, hi = rng
             name = os.path.basename(file)  # (by name: a copy of the tree elsewhere has other paths)
