@@ -200,14 +200,14 @@ def test_batch_scale_without_a_completion_counter(normalize, monkeypatch):
     """The batch scale is computed from the per-sample counts (no ticket, no atomics): by the
     forward's apply kernel, by the one-program finish kernel after build_state alone, and, beyond
     BATCH_INLINE samples (lowered to 1 here), by the finish kernel inside the forward."""
-    import camdrop_kernels.triton_backend as backend
-
     x, cam, alpha = randn(3, 4, 6, 6), randn(3, 6, 6, seed=1), randn(3, 4, seed=2)
     kw = dict(drop_prob=0.6, block_size=3, top_channels=2, normalize=normalize, seed=77)
     check_state(x, cam, alpha, _opts(2, 3, None, 2, "square", normalize), p=0.6, seed=77)
     check(x, cam, alpha, **kw)
-    monkeypatch.setattr(backend, "BATCH_INLINE", 1)
+    monkeypatch.setattr(tb(), "BATCH_INLINE", 1)
+    monkeypatch.setattr(tb(), "STATE_PLANS", {})  # (plans decide their THEN_* once)
     check(x, cam, alpha, **kw)
+    assert any(p.then == tb().THEN_FINISH for p in tb().STATE_PLANS.values()) == (normalize == "batch")
 
 
 def test_forward_launches_name_the_batch_path():

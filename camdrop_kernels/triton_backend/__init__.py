@@ -7,7 +7,8 @@
    normalize="batch" it also computes the batch scale from the N counts (and stores it).
 
 ``build_state`` alone with normalize="batch" adds ``finish_kernel`` (common.py, one program) for
-the batch scale: two launches; a forward stays at two (three beyond ``plan.BATCH_INLINE`` samples).
+the batch scale: two launches; a forward stays at two (three beyond ``plan.BATCH_INLINE`` samples:
+``Plan.then`` of the state plan says which).
 
 Host side (plan.py): launch plans cached by (options, shapes, strides, dtypes, ...), launched
 through the compiled kernels' own launchers (launch.py): a forward costs a few dictionary look-ups
@@ -20,7 +21,7 @@ are handled as 3-D (D, H, W). Tools (tools/): report, sass, compile_check.
 from __future__ import annotations
 
 from ..options import Options
-from .plan import BATCH_INLINE, apply_launch, apply_plan, finish_launch, state_launch, state_plan
+from .plan import THEN_APPLY_SCALES, THEN_NOTHING, apply_launch, apply_plan, finish_launch, state_launch, state_plan
 
 __all__ = ["build_state", "apply", "forward", "state_launch", "apply_launch", "finish_launch", "state_plan",
            "apply_plan"]
@@ -31,7 +32,7 @@ def build_state(x, cam, alpha, seed, drop_prob, opts: Options, out) -> None:
     normalize="batch": the batch scale from the counts)."""
     plan, args, index = state_launch(x, cam, alpha, seed, drop_prob, opts, out)
     plan.launch(args, index)
-    if plan.info["batch"]:
+    if plan.then != THEN_NOTHING:
         plan, args, index = finish_launch(x.shape, out[3], out[2])
         plan.launch(args, index)
 
@@ -41,14 +42,15 @@ def forward(x, cam, alpha, seed, drop_prob, opts: Options, y, out) -> None:
     and stores the batch scale itself)."""
     plan, args, index = state_launch(x, cam, alpha, seed, drop_prob, opts, out)
     plan.launch(args, index)
-    dropped = None
-    if plan.info["batch"]:
-        if x.shape[0] <= BATCH_INLINE:
-            dropped = out[3]
-        else:  # many samples: one program sums the counts once, rather than every apply program
-            plan, args, index = finish_launch(x.shape, out[3], out[2])
-            plan.launch(args, index)
-    plan, args, index = apply_launch(x, y, out[0], out[1], out[2], dropped)
+    then = plan.then
+    if then == THEN_NOTHING:
+        plan, args, index = apply_launch(x, y, out[0], out[1], out[2])
+    elif then == THEN_APPLY_SCALES:
+        plan, args, index = apply_launch(x, y, out[0], out[1], out[2], out[3])
+    else:  # many samples: one program sums the counts once, rather than every apply program
+        plan, args, index = finish_launch(x.shape, out[3], out[2])
+        plan.launch(args, index)
+        plan, args, index = apply_launch(x, y, out[0], out[1], out[2])
     plan.launch(args, index)
 
 

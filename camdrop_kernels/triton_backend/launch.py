@@ -64,7 +64,7 @@ class Plan:
     with nothing ordered by hand."""
 
     __slots__ = ("name", "fn", "grid", "per_call", "constexprs", "cvalues", "static", "static_named", "num_warps",
-                 "num_stages", "maxnreg", "compiled", "info")
+                 "num_stages", "maxnreg", "compiled", "info", "then")
 
     def __init__(self, name: str, fn, grid: Tuple[int, int, int], per_call: Sequence[str], static: Dict[str, object],
                  constexprs: Dict[str, object], num_warps: int, num_stages: int = 1, maxnreg: Optional[int] = None,
@@ -92,6 +92,7 @@ class Plan:
         self.maxnreg = maxnreg  # a register budget per thread for ptxas (None: its own choice)
         self.compiled: Dict[int, object] = {}
         self.info = info or {}
+        self.then = 0  # what a caller launches after this one (the state plan's THEN_* codes in plan.py)
 
     def launch(self, args: tuple, device_index: int) -> None:
         """Launch on the current stream of ``device_index`` (ignored in the interpreter)."""

@@ -41,6 +41,11 @@ APPLY_BLOCK = 4096  # elements per program of the dense apply kernels
 APPLY_WARPS = 2
 GRID_Y = 65535  # samples per grid axis 1 (CUDA's limit there); tests lower it to reach the BIG_N path
 
+# What follows a state launch (``Plan.then``, decided once per plan): nothing (normalize "sample" or
+# "none"), the batch scale inside the forward's apply (up to BATCH_INLINE samples), or the finish
+# kernel first (more samples: one program sums the counts once, rather than every apply program).
+THEN_NOTHING, THEN_APPLY_SCALES, THEN_FINISH = 0, 1, 2
+
 STATE_PER_CALL = ("cam_ptr", "alpha_ptr", "seed_ptr", "p_ptr", "slots_ptr", "bits_ptr", "scale_ptr", "dropped_ptr",
                   "rate_ptr", "ws_ptr", "seed_lo", "seed_hi", "p_lo", "p_hi")
 
@@ -172,10 +177,13 @@ def state_plan(opts: Options, shape, cam: torch.Tensor, alpha: torch.Tensor, see
         RA=size_class(C, KEY_BLOCKS) // 256 if single else 16,
         SINGLE=single, SB=sb, PB=pb, WPR=wpr, GUARD=guard, ZB=DILATE_BLOCK,
     )
-    return Plan("state", state_kernel, (N, 1, 1), STATE_PER_CALL, static, constexprs, STATE_WARPS,
+    plan = Plan("state", state_kernel, (N, 1, 1), STATE_PER_CALL, static, constexprs, STATE_WARPS,
                 maxnreg=STATE_MAXNREG,
                 info=dict(flags=flags, ws_stride=ws_stride, ws_words=N * ws_stride, geometry=geo, copies=nh * wpr,
                           batch=opts.normalize == "batch"))
+    if opts.normalize == "batch":
+        plan.then = THEN_APPLY_SCALES if N <= BATCH_INLINE else THEN_FINISH
+    return plan
 
 
 def state_launch(x, cam, alpha, seed, drop_prob, opts: Options, out, seed_on_device=None, p_on_device=None):
@@ -310,12 +318,14 @@ def apply_launch(x, y, slots, bits, scale, dropped=None):
     """(plan, arguments, device index) of the apply launch for these tensors; with ``dropped`` the
     batch scale is computed from those counts (and stored to ``scale``)."""
     index = x.get_device()
-    batch = dropped is not None
-    key = (x.shape, x.stride(), y.stride(), x.dtype, x.data_ptr() & 15, y.data_ptr() & 15, bits.shape[1], batch)
+    if dropped is None:
+        key = (x.shape, x.stride(), y.stride(), x.dtype, x.data_ptr() & 15, y.data_ptr() & 15, bits.shape[1])
+        dropped = scale  # (the pointer is never read then)
+    else:
+        key = (x.shape, x.stride(), y.stride(), x.dtype, x.data_ptr() & 15, y.data_ptr() & 15, bits.shape[1], True)
     plan = APPLY_PLANS.get(key)
     if plan is None:
         if len(APPLY_PLANS) >= 1024:
             APPLY_PLANS.clear()
-        plan = APPLY_PLANS[key] = apply_plan(x.shape, key[1], key[2], x.dtype, bits.shape[1], batch)
-    # (the order of apply.PER_CALL; without counts the pointer gets ``scale``, never read)
-    return plan, (x, y, slots, bits, scale, dropped if batch else scale) + plan.static, index
+        plan = APPLY_PLANS[key] = apply_plan(x.shape, key[1], key[2], x.dtype, bits.shape[1], len(key) == 8)
+    return plan, (x, y, slots, bits, scale, dropped) + plan.static, index  # (the order of apply.PER_CALL)
