@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import camdrop_kernels as ck  # noqa: E402
 from camdrop_kernels import ops  # noqa: E402
-from camdrop_kernels import triton_backend as tb  # noqa: E402
+from camdrop_kernels.triton_backend import plan as tb  # noqa: E402
 from camdrop_kernels.options import Options  # noqa: E402
 from gpu_bench import DEVICE, DRY_RUN, sync  # noqa: E402
 
@@ -140,18 +140,22 @@ def graph_us(fn, launches: int = 20) -> float:
 
 def probe_state() -> None:
     shapes = [(2, 16, 12, 12)] if DRY_RUN else [(64, 256, 56, 56), (128, 1024, 14, 14), (128, 2048, 7, 7)]
-    variants = [("base", {}), ("warps4", dict(STATE_WARPS=4)), ("sms x2", dict(SMS_OVERRIDE=264)),
-                ("sms x4", dict(SMS_OVERRIDE=528)), ("sms x8", dict(SMS_OVERRIDE=1056))]
+    # One program per sample (no knobs left: the old grid and warp variants are gone with the ticket).
+    # normalize="batch" times build_state alone: the state kernel and the one-program finish kernel.
+    variants = [("base", {})]
     opt_variants = [("top_pixels=1", dict(top_pixels=1)), ("top_channels=1", dict(top_channels=1)),
                     ("both tiny", dict(top_pixels=1, top_channels=1)), ("dropblock", dict(gamma_mode="dropblock")),
                     ("normalize=sample", dict(normalize="sample")),
                     # 16-bit keys: half the radix passes (a bound layer under bf16 autocast hands over
                     # a bf16 cam; alpha stays float32, the classifier's dtype)
                     ("cam bf16", dict(cam_dtype=torch.bfloat16)),
-                    ("cam+alpha bf16", dict(cam_dtype=torch.bfloat16, alpha_dtype=torch.bfloat16))]
+                    ("cam+alpha bf16", dict(cam_dtype=torch.bfloat16, alpha_dtype=torch.bfloat16)),
+                    # the bound layer's real case: a bf16 CAM of few levels, tied at the n-th value
+                    ("cam bf16 ties", dict(cam_dtype=torch.bfloat16, ties=True)),
+                    ("cam bf16 ties, sample", dict(cam_dtype=torch.bfloat16, ties=True, normalize="sample"))]
     if DRY_RUN:
-        variants, opt_variants = variants[:2], opt_variants[:1] + opt_variants[-1:]
-    saved = dict(STATE_WARPS=tb.STATE_WARPS, LANES=tb.LANES, SMS_OVERRIDE=tb.SMS_OVERRIDE)
+        variants, opt_variants = variants[:1], opt_variants[:1] + opt_variants[-2:]
+    saved = {}
     res = {}
     for shape in shapes:
         g = torch.Generator(device=DEVICE).manual_seed(1)
@@ -165,18 +169,17 @@ def probe_state() -> None:
         for name, over, kw in todo:
             k = dict(base_kw, **kw)
             opts = Options.get(2, 7, k["top_pixels"], k["top_channels"], "square", k["normalize"], k["gamma_mode"], 1.0)
-            cam_k = cam.to(kw.get("cam_dtype", cam.dtype))
+            cam_k = (torch.round(cam * 2) / 2 if kw.get("ties") else cam).to(kw.get("cam_dtype", cam.dtype))
             alpha_k = alpha.to(kw.get("alpha_dtype", alpha.dtype))
             try:
                 for attr, value in over.items():
                     setattr(tb, attr, value)
-                tb.LANES = 4 * 32 * tb.STATE_WARPS
-                tb._STATE_PLANS.clear()
+                tb.STATE_PLANS.clear()
                 ref = ops.build_state(x, cam_k, alpha_k, seed, rate, opts)
                 us = graph_us(lambda: ops.build_state(x, cam_k, alpha_k, seed, rate, opts))
                 got = ops.build_state(x, cam_k, alpha_k, seed, rate, opts)
                 same = all(torch.equal(a, b) for a, b in zip(ref[:3], got[:3]))
-                plan = next(iter(tb._STATE_PLANS.values()), None)  # (none in a dry run: the native backend)
+                plan = next(iter(tb.STATE_PLANS.values()), None)  # (none in a dry run: the native backend)
                 res[f"{shape} {name}"] = dict(us=round(us, 2), grid=plan and plan.grid[0], warps=plan and plan.num_warps,
                                               repeatable=same, dropped=round(float(ref[3].sum()) / x.numel(), 4))
             except Exception as exc:
@@ -184,7 +187,7 @@ def probe_state() -> None:
             finally:
                 for attr, value in saved.items():
                     setattr(tb, attr, value)
-                tb._STATE_PLANS.clear()
+                tb.STATE_PLANS.clear()
             print(f"  state {shape} {name:18s} {res[f'{shape} {name}']}", flush=True)
     RESULTS["state"] = res
 

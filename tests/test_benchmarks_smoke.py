@@ -35,18 +35,19 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, out[-5000:]
     bench = json.loads((tmp_path / "bench.json").read_text())
     names = {key.split(" | ", 1)[1] for key in bench["results"]}
-    for mode in ("eligible", "dropblock"):
-        assert {f"camdrop[{mode}]", f"camdrop[{mode}] fwd+bwd", f"mask build[{mode}]", f"apply[{mode}]"} <= names
+    for mode in ("eligible", "dropblock", "eligible, bf16 cam"):  # (the last: the bound layer's bf16 CAM)
+        assert {f"camdrop[{mode}]", f"camdrop[{mode}] fwd+bwd", f"camdrop[{mode}] fixed seed", f"mask build[{mode}]",
+                f"state only[{mode}]", f"apply[{mode}]"} <= names
     assert {"copy", "multiply", "multiply fwd+bwd", "multiply (scalar)", "multiply (scalar) fwd+bwd", "F.dropout",
             "timm drop_block_2d[coupled]",
             "timm drop_block_2d[per channel]", "torchvision drop_block2d"} <= names
     assert {key.split(" | ", 1)[0] for key in bench["results"]} == {"contiguous", "channels_last"}
     assert all(r["event_us"] > 0 for r in bench["results"].values())
     shares = {key: r["dropped"] for key, r in bench["results"].items() if r.get("dropped") is not None}
-    assert len(shares) == 2 * 8 and all(0 <= v <= 1 for v in shares.values())  # every forward but the floors
+    assert len(shares) == 2 * 13 and all(0 <= v <= 1 for v in shares.values())  # every forward but the floors
     assert shares["contiguous | F.dropout"] > 0 and shares["channels_last | camdrop[eligible]"] > 0
-    # (layouts) x (gamma modes) x (targets each: event timings only in a dry run, which has no graphs)
-    assert len(bench["targets"]) == 2 * 2 * 8
+    # (layouts) x (gamma modes and CAMs) x (targets each: event timings only in a dry run, which has no graphs)
+    assert len(bench["targets"]) == 2 * 3 * 7
     resnet = json.loads((tmp_path / "resnet.json").read_text())
     assert all("step_ms" in r for r in resnet["results"].values()), resnet["results"]
     assert all(r["vs_plain"] > 0 for kind, r in resnet["results"].items() if kind != "plain")

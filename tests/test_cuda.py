@@ -47,6 +47,25 @@ def test_resnet_shapes_equal_cpu(shape, dtype, channels_last, mode):
     assert_bitwise_equal(xg.grad.cpu(), xc.grad, "gradient")
 
 
+@pytest.mark.parametrize("shape", [(32, 256, 56, 56), (64, 1024, 14, 14), (64, 2048, 7, 7), (3000, 8, 7, 7)])
+@pytest.mark.parametrize("normalize", ["batch", "sample"])
+def test_bound_layer_bf16_cam_state_equals_cpu(shape, normalize):
+    """The bound layer's case under bf16 autocast: the CAM is a bf16 map (ties at the n-th value),
+    alpha float32; the whole state (slots, bits, scale, counts, rates) equals the CPU path's. The
+    last shape has more samples than a forward's apply sums itself (the finish kernel serves it)."""
+    x, cam, alpha = inputs(shape, torch.bfloat16)
+    cam_b = ck.class_activation_map(x, alpha)  # bf16, as a bound layer builds it under autocast
+    assert cam_b.dtype == torch.bfloat16
+    opts = Options.get(2, 7, None, None, "square", normalize, "eligible", 1.0)
+    seed, p = torch.tensor(2**40 + 3), rate(0.1)
+    gpu = ops.build_state(x.cuda(), cam_b.cuda(), alpha.cuda(), seed, p, opts)
+    cpu = ops.build_state(x, cam_b, alpha, seed, p, opts)
+    for name, a, b in zip(("slots", "bits", "scale", "dropped", "rate"), gpu, cpu):
+        assert torch.equal(a.cpu(), b), name
+    y = ops.forward(x.cuda(), cam_b.cuda(), alpha.cuda(), seed, p, opts)[0]
+    assert_bitwise_equal(y.cpu(), ops.forward(x, cam_b, alpha, seed, p, opts)[0])
+
+
 @pytest.mark.parametrize("N,C", [(2, 16385), (1, 32769)])
 def test_more_than_2_31_elements(N, C):
     """2 x 16385 x 256 x 256 (per sample below 2**31: int32 offsets from an int64 sample base) and
@@ -115,7 +134,7 @@ def test_cuda_graph_replays_draw_fresh_masks():
         assert dropped.any()
         ratio = y.float()[~dropped] / x.float()[~dropped]
         assert ratio.min() > 1.0 and (ratio.max() - ratio.min()) < 0.02  # one scale (bf16 rounding)
-    # Eager calls after the replays still work (the completion counters were left at 0).
+    # Eager calls after the replays still work (and give the same mask for the same seed).
     assert torch.equal(ck.camdrop(x, cam, alpha, **kw, seed=5), ck.camdrop(x, cam, alpha, **kw, seed=5))
 
 

@@ -38,7 +38,7 @@ def _check_compiled(proc, version=None):
         assert proc.stdout.startswith(f"triton {version}"), proc.stdout[:200]
 
 
-def _check_report(proc, version=None, state_share=0.10):
+def _check_report(proc, version=None):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     result = json.loads(proc.stdout)
     if version:
@@ -51,8 +51,12 @@ def _check_report(proc, version=None, state_share=0.10):
             assert 0 < k["sass_per_element"] <= 0.6, k
             assert {"forward", "backward"} & set(k["variant"].split(", ")), k
         else:
-            assert 0 < k["share_of_apply"] < state_share, {x: k[x] for x in ("instructions_per_warp", "clocks",
-                                                                             "estimate_us", "share_of_apply")}
+            # Issue 22's static budget: no atomics (no ticket), two 256-thread programs per SM, no
+            # spills. (The modelled time is reported, not asserted: see the report's "trust".)
+            assert k["atomics_static"] == 0 and k["l2_atomics"] == 0 and not k["ticket"], k
+            assert k["regs"] <= 128, k
+            assert k["estimate_us"] > 0 and k["barriers_per_warp"] > 0, k
+    assert result["model"]["calibration"]["points"][0]["fitted"]
     assert result["launches"]["forward"] == 2, result["launches"]
     assert result["launches"]["backward_detail"]["kernels"] == ["apply_nchw"], result["launches"]
     assert result["host_us"]["forward"] > 0
@@ -66,12 +70,7 @@ def test_compile_check_installed_triton():
 def test_report_installed_triton():
     import triton
 
-    from camdrop_kernels.triton_backend.state_kernel import HIST_GLOBAL
-
-    # Before 3.8 (the GPU machines run 3.6) the radix histograms count in L2: the 12% guard of
-    # test_report_triton_3_6 applies, not the 10% target.
-    share = 0.12 if HIST_GLOBAL.value else 0.10
-    _check_report(_run(["camdrop_kernels.triton_backend.report", "--json"]), triton.__version__, state_share=share)
+    _check_report(_run(["camdrop_kernels.triton_backend.report", "--json"]), triton.__version__)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,4 @@ def test_compile_check_triton_3_6(triton_36):
 
 
 def test_report_triton_3_6(triton_36):
-    # Triton 3.6 builds tl.histogram from warp votes, so the radix passes count in L2 there: the
-    # model puts the mask build at about 11% of the apply (10% under 3.8); guard against worse.
-    _check_report(_run(["camdrop_kernels.triton_backend.report", "--json"], triton_path=triton_36), TRITON_36,
-                  state_share=0.12)
+    _check_report(_run(["camdrop_kernels.triton_backend.report", "--json"], triton_path=triton_36), TRITON_36)

@@ -1,7 +1,10 @@
 """The Triton backend's code paths that the random contract tests do not reach with their small
-shapes: rows longer than one register block (chunked selection), ties at the n-th key, mixed key
-widths, runs wider than 32 bits, several programs per sample (the completion counter), every
-apply kernel variant, hostile slots, and the launch count and host cost with launches stubbed.
+shapes: rows longer than one register block (streamed selection), ties at the n-th key (bf16 CAMs,
+as a bound layer hands them over under autocast), NaN, -0.0, +-inf, mixed key widths, strided cam
+and alpha, n and n' at 1 and at their maxima, runs wider than 32 bits, more top pixels than one
+lane step holds, the batch scale without a completion counter (from the counts, in the apply
+kernel or the one-program finish kernel), every apply kernel variant, hostile slots, and the
+launch count and host cost with launches stubbed.
 Each is compared with the dense reference (or the CPU path) bit for bit. Under TRITON_INTERPRET
 (no GPU) the shapes are kept small; on CUDA the same checks run compiled."""
 import math
@@ -23,9 +26,33 @@ FN = {1: (ck.camdrop1d, ck.camdrop1d_mask, reference.camdrop1d, reference.camdro
 
 
 def tb():
-    import camdrop_kernels.triton_backend as module
+    import camdrop_kernels.triton_backend.plan as module
 
     return module
+
+
+def cpu_name():
+    from conftest import HAS_NATIVE
+
+    return "native" if HAS_NATIVE else "torch"
+
+
+def check_state(x, cam, alpha, opts, p=0.7, seed=424242):
+    """Triton's whole state (slots, bits, scale, dropped, rate) equals the CPU path's, bit for bit,
+    from ``build_state`` alone and from the fused forward (whose apply computes the batch scale)."""
+    from camdrop_kernels import ops
+
+    s, r = torch.tensor(seed), torch.tensor(p, dtype=torch.float64)
+    with using("triton"):
+        got = ops.build_state(x, cam, alpha, s, r, opts)
+    with using(cpu_name()):
+        want = ops.build_state(x.cpu(), cam.cpu(), alpha.cpu(), s, r, opts)
+    for name, a, b in zip(("slots", "bits", "scale", "dropped", "rate"), got, want):
+        if a.is_floating_point():
+            assert_bitwise_equal(a.cpu(), b, name)
+        else:
+            assert a.shape == b.shape and torch.equal(a.cpu(), b), (name, a, b)
+    return want
 
 
 def check(x, cam, alpha, **kw):
@@ -95,22 +122,119 @@ def test_runs_wider_than_a_word():
     check(x, cam, alpha, drop_prob=0.9, block_size=35, top_pixels=1.0, top_channels=2, block_shape="diamond")
 
 
+def _opts(rank, block=3, top_pixels=None, top_channels=None, shape="square", normalize="batch", mode="eligible"):
+    return Options.get(rank, block, top_pixels, top_channels, shape, normalize, mode, 1.0)
+
+
+def _stress_cam(N, S, dtype, seed=0):
+    """A CAM with many ties at every value (a bf16-rounded map of few levels, as autocast hands a
+    bound layer), NaN, +-inf and -0.0 beside +0.0."""
+    g = torch.Generator().manual_seed(seed)
+    cam = torch.round(torch.randn(N, *S, generator=g) * 2) / 2
+    flat = cam.view(-1)
+    k = flat.numel()
+    pick = torch.randperm(k, generator=g)
+    flat[pick[: k // 10]] = float("nan")
+    flat[pick[k // 10: k // 10 + 3]] = float("inf")
+    flat[pick[k // 10 + 3: k // 10 + 6]] = float("-inf")
+    flat[pick[k // 10 + 6: k // 5]] = -0.0
+    flat[pick[k // 5: k // 4]] = 0.0
+    return cam.to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("cam_dtype,alpha_dtype", [(torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                                   (torch.float16, torch.float64), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("counts", [(None, None), (1, 1), (1.0, 1.0), (7, 5)])
+def test_state_equals_cpu_path_on_ties_nan_zeros_infs(cam_dtype, alpha_dtype, counts):
+    """The bound layer's case: bf16 CAMs tied at the n-th value, with NaN, +-inf, -0.0; n and n' at 1,
+    at their maxima and between; 16-, 32- and 64-bit keys searched in lockstep."""
+    N, C, S = 2, 6, (9, 8)
+    x = randn(N, C, *S)
+    cam = _stress_cam(N, S, cam_dtype)
+    alpha = _stress_cam(N, (C,), alpha_dtype, seed=1)
+    opts = _opts(2, 3, counts[0], counts[1])
+    check_state(x, cam, alpha, opts)
+
+
+@pytest.mark.parametrize("rank,S", [(1, (37,)), (3, (3, 5, 4))])
 @pytest.mark.parametrize("normalize", ["batch", "sample", "none"])
-def test_several_programs_per_sample(normalize, monkeypatch):
-    """N = 1 with 4 top channels on a 4-multiprocessor "device": 4 programs share the sample, the
-    last one to finish sums the counts and writes the scales; the counter resets for the next
-    launch (two calls in a row, and a seed on the device)."""
-    monkeypatch.setattr(tb(), "SMS_OVERRIDE", 4)
-    monkeypatch.setattr(tb(), "LANES", 16)  # one plane per step: every plane could have its own program
-    monkeypatch.setattr(tb(), "_STATE_PLANS", {})
-    x, cam, alpha = randn(1, 8, 7, 7), randn(1, 7, 7, seed=1), randn(1, 8, seed=2)
-    kw = dict(drop_prob=0.6, block_size=3, top_channels=4, normalize=normalize)
+def test_state_equals_cpu_path_every_rank_and_mode(rank, S, normalize):
+    N, C = 2, 5
+    x = randn(N, C, *S)
+    cam = _stress_cam(N, S, torch.bfloat16, seed=2)
+    alpha = randn(N, C, seed=3)
+    for shape in ("square", "diamond"):
+        check_state(x, cam, alpha, _opts(rank, 3, None, 2, shape, normalize))
+
+
+def test_state_with_strided_cam_and_alpha():
+    """cam as a transposed view (the strided key path) and a slice; alpha with a column stride."""
+    N, C = 2, 6
+    x = randn(N, C, 7, 9)
+    base = _stress_cam(N, (9, 7), torch.bfloat16, seed=4)
+    cam_t = base.transpose(1, 2)  # (N, 7, 9), strides (63, 1, 7): not flat
+    cam_s = _stress_cam(N, (7, 18), torch.float32, seed=5)[:, :, ::2]  # flat with stride 2
+    alpha = randn(N, 2 * C, seed=6)[:, ::2]
+    alpha[0, 1] = float("nan")
+    for cam in (cam_t, cam_s):
+        check_state(x, cam, alpha, _opts(2, 3, 9, 3))
+
+
+def test_big_maps_stream_the_selection():
+    """P = 4900 > 4096 keys: the selection and the ranks stream in chunks; with ties and NaN."""
+    x = randn(1, 3, 70, 70)
+    cam = _stress_cam(1, (70, 70), torch.bfloat16, seed=7)
+    check_state(x, cam, randn(1, 3, seed=8), _opts(2, 5, 777, 2))
+
+
+def test_more_top_pixels_than_one_lane_step():
+    """n = 1500 > 1024 top pixels per lane step: runs of later steps OR into the words of earlier
+    ones (the read-modify-write path), on a 1-D map with every pixel on top."""
+    x = randn(1, 2, 1500)
+    cam = _stress_cam(1, (1500,), torch.float32, seed=9)
+    check_state(x, cam, randn(1, 2, seed=10), _opts(1, 5, 1.0, 1), p=0.9)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample", "none"])
+def test_batch_scale_without_a_completion_counter(normalize, monkeypatch):
+    """The batch scale is computed from the per-sample counts (no ticket, no atomics): by the
+    forward's apply kernel, by the one-program finish kernel after build_state alone, and, beyond
+    BATCH_INLINE samples (lowered to 1 here), by the finish kernel inside the forward."""
+    x, cam, alpha = randn(3, 4, 6, 6), randn(3, 6, 6, seed=1), randn(3, 4, seed=2)
+    kw = dict(drop_prob=0.6, block_size=3, top_channels=2, normalize=normalize, seed=77)
+    check_state(x, cam, alpha, _opts(2, 3, None, 2, "square", normalize), p=0.6, seed=77)
     check(x, cam, alpha, **kw)
-    check(x, cam, alpha, **kw, seed=99)
-    plan = next(iter(tb()._STATE_PLANS.values()))
-    assert plan.info["G"] == 4 and plan.info["flags"] & tb().USE_COUNTER
-    counters = [t[0] for t in tb()._WORKSPACES.values() if t.device.type == x.device.type]
-    assert counters and all(int(t) == 0 for t in counters), "the counter is back at 0 after each launch"
+    monkeypatch.setattr(tb(), "BATCH_INLINE", 1)
+    monkeypatch.setattr(tb(), "STATE_PLANS", {})  # (plans decide their THEN_* once)
+    check(x, cam, alpha, **kw)
+    assert any(p.then == tb().THEN_FINISH for p in tb().STATE_PLANS.values()) == (normalize == "batch")
+
+
+def test_forward_launches_name_the_batch_path():
+    """Which kernels a forward and a build_state launch (counted with launches stubbed)."""
+    from camdrop_kernels.triton_backend import launch
+    import camdrop_kernels.triton_backend as backend
+
+    x, cam, alpha = randn(2, 4, 6, 6), randn(2, 6, 6, seed=1), randn(2, 4, seed=2)
+    names = []
+    saved = launch.HOOK
+    launch.HOOK = lambda plan, args: names.append(plan.name)
+    try:
+        for normalize, want_fwd, want_state in (("batch", ["state", "apply_nchw"], ["state", "finish"]),
+                                                ("sample", ["state", "apply_nchw"], ["state"])):
+            opts = _opts(2, 3, None, 2, "square", normalize)
+            out = state.allocate(x, opts)
+            seed, rate = torch.tensor(1), torch.tensor(0.5, dtype=torch.float64)
+            names.clear()
+            backend.forward(x, cam, alpha, seed, rate, opts, torch.empty_like(x), out)
+            assert names == want_fwd
+            names.clear()
+            backend.build_state(x, cam, alpha, seed, rate, opts, out)
+            assert names == want_state
+        apply_plans = [p for p in tb().APPLY_PLANS.values() if p.constexprs.get("BATCH")]
+        assert apply_plans, "the forward's apply computes the batch scale"
+    finally:
+        launch.HOOK = saved
 
 
 def _apply_case(shape, layout, dtype=torch.float32, p=0.8, block=3):
@@ -134,7 +258,7 @@ def _apply_case(shape, layout, dtype=torch.float32, p=0.8, block=3):
     ((2, 3, 6, 5), "transposed", torch.float32, "apply_strided"),
 ])
 def test_apply_kernels(shape, layout, dtype, kernel, monkeypatch):
-    monkeypatch.setattr(tb(), "_APPLY_PLANS", {})
+    monkeypatch.setattr(tb(), "APPLY_PLANS", {})
     if layout == "transposed":
         x = randn(*shape[:2], shape[3], shape[2], dtype=dtype).transpose(-1, -2)
         cam, alpha = randn(shape[0], *shape[2:], seed=1), randn(*shape[:2], seed=2)
@@ -142,17 +266,17 @@ def test_apply_kernels(shape, layout, dtype, kernel, monkeypatch):
     else:
         x, cam, alpha, kw = _apply_case(shape, layout, dtype)
     check(x, cam, alpha, **kw)
-    assert kernel in {plan.name for plan in tb()._APPLY_PLANS.values()}
+    assert kernel in {plan.name for plan in tb().APPLY_PLANS.values()}
 
 
 def test_apply_more_samples_than_a_grid_axis(monkeypatch):
     """N beyond grid axis 1 (lowered here to 2): axis 2 counts blocks of samples."""
     monkeypatch.setattr(tb(), "GRID_Y", 2)
-    monkeypatch.setattr(tb(), "_APPLY_PLANS", {})
+    monkeypatch.setattr(tb(), "APPLY_PLANS", {})
     for layout in ("contiguous", "channels_last"):
         x, cam, alpha, kw = _apply_case((5, 3, 4, 4), layout, torch.float32)
         check(x, cam, alpha, **kw)
-    assert all(plan.constexprs["BIG_N"] for plan in tb()._APPLY_PLANS.values())
+    assert all(plan.constexprs["BIG_N"] for plan in tb().APPLY_PLANS.values())
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -193,9 +317,9 @@ def test_plans_are_cached_and_state_words_are_padded_with_zeros():
     opts = Options.get(2, 3, None, 2, "square", "batch", "eligible", 1.0)
     with using("triton"):
         out = ck.ops.build_state(x, cam, alpha, torch.tensor(7), torch.tensor(0.9, dtype=torch.float64), opts)
-        n_state, n_apply = len(tb()._STATE_PLANS), len(tb()._APPLY_PLANS)
+        n_state, n_apply = len(tb().STATE_PLANS), len(tb().APPLY_PLANS)
         ck.ops.build_state(x, cam, alpha, torch.tensor(8), torch.tensor(0.5, dtype=torch.float64), opts)
-    assert len(tb()._STATE_PLANS) == n_state and n_apply == len(tb()._APPLY_PLANS)
+    assert len(tb().STATE_PLANS) == n_state and n_apply == len(tb().APPLY_PLANS)
     bits = out[1].cpu()
     padding = (bits[:, :, -1].to(torch.int64) & 0xFFFFFFFF) >> (49 - 32)
     assert int(padding.abs().sum()) == 0

@@ -15,12 +15,19 @@ Three kernels, picked by the launch plan from x's and y's strides:
 - ``apply_strided_kernel``: any other strides (views, mixed layouts), 2-D tiles with int64
   index arithmetic.
 
+With BATCH (a forward with normalize="batch"), the batch scale is not read from ``scale`` but
+computed from the N per-sample dropped counts the state kernel just wrote (``common.batch_scale``:
+the same float64 formula, so the same bits), and the first program stores it to ``scale`` for the
+backward: the state kernel needs no completion counter.
+
 A slot outside [0, n') reads no mask memory (hostile state cannot make the kernels read out of
 bounds). Triton's interpreter truncates float32 -> bfloat16, so there the kernels round by
 hand (ROUND_BF16); GPUs convert with round-to-nearest-even natively.
 """
 import triton
 import triton.language as tl
+
+from .common import batch_scale, store_batch_scale, udiv
 
 
 @triton.jit
@@ -43,24 +50,32 @@ def _store(y_ptr, offs, y, mask, ROUND_BF16: tl.constexpr, MASKED: tl.constexpr)
 
 
 @triton.jit
-def _udiv(x, m, s):
-    """x // d for int32 0 <= x < 2**31, with the host's magic (m, s) of d."""
-    return ((x.to(tl.int64) * m) >> s).to(tl.int32)
+def _scale(scale_ptr, dropped_ptr, i, first, N, C, P, BATCH: tl.constexpr):
+    """The sample's scale: read from ``scale``, or with BATCH the batch's, from the counts (and the
+    first program stores it for the backward)."""
+    if BATCH:
+        s = batch_scale(dropped_ptr, N, C, P, 1024).to(scale_ptr.dtype.element_ty)
+        if first:
+            store_batch_scale(scale_ptr, s, N, 1024)
+    else:
+        s = tl.load(scale_ptr + i)
+    return s
 
 
 # Sizes are not specialised (one compiled kernel serves many shapes); sample strides are (their
 # divisibility lets the loads vectorise), and so are x's and y's pointers (keyed by the launch
 # plans), but not the state's, which the plans do not key on.
-_STATE_PTRS = ["slots_ptr", "bits_ptr", "scale_ptr"]
+_STATE_PTRS = ["slots_ptr", "bits_ptr", "scale_ptr", "dropped_ptr"]
+PER_CALL = ("x_ptr", "y_ptr", "slots_ptr", "bits_ptr", "scale_ptr", "dropped_ptr")
 
 
 @triton.jit(do_not_specialize=["N", "C", "P", "CP", "n_chan", "words", "m_p", "s_p"],
             do_not_specialize_on_alignment=_STATE_PTRS)
 def apply_nchw_kernel(
-    x_ptr, y_ptr, slots_ptr, bits_ptr, scale_ptr,
+    x_ptr, y_ptr, slots_ptr, bits_ptr, scale_ptr, dropped_ptr,
     N, C, P, CP, n_chan, words, sxn, syn, m_p, s_p,
     BLOCK: tl.constexpr, VEC: tl.constexpr, EVEN: tl.constexpr, SPAN: tl.constexpr, ROWS: tl.constexpr,
-    BIG_N: tl.constexpr, GRID_Y: tl.constexpr, ROUND_BF16: tl.constexpr,
+    BIG_N: tl.constexpr, GRID_Y: tl.constexpr, ROUND_BF16: tl.constexpr, BATCH: tl.constexpr,
 ):
     chunk = tl.program_id(0)
     if BIG_N:  # more samples than grid axis 1 holds: axis 2 counts blocks of GRID_Y samples
@@ -76,7 +91,7 @@ def apply_nchw_kernel(
     row0 = f0 + tl.arange(0, BLOCK // VEC) * VEC
     offs = row0[:, None] + tl.arange(0, VEC)[None, :]
     in_bounds = offs < CP
-    scale = tl.load(scale_ptr + i)
+    scale = _scale(scale_ptr, dropped_ptr, i, (chunk == 0) & (i == 0), N, C, P, BATCH)
     if EVEN:
         xv = tl.load(x_ptr + i64 * sxn + offs)
     else:
@@ -84,7 +99,7 @@ def apply_nchw_kernel(
     y = xv.to(scale.dtype) * scale
     srow = slots_ptr + i64 * C
     planes = bits_ptr + i64 * n_chan * words  # the sample's bit planes
-    c0 = _udiv(f0, m_p, s_p)  # the chunk's first plane
+    c0 = udiv(f0, m_p, s_p)  # the chunk's first plane
     if SPAN == 2:
         # BLOCK <= P: the chunk touches plane c0 and maybe c0 + 1 (from element `edge` on).
         c1 = tl.minimum(c0 + 1, C - 1)
@@ -116,7 +131,7 @@ def apply_nchw_kernel(
         cc = c0 + tl.arange(0, SPAN)
         ss = tl.load(srow + cc, mask=cc < C, other=-1)
         if tl.max(((ss >= 0) & (ss < n_chan)).to(tl.int32), axis=0) > 0:
-            c = _udiv(offs, m_p, s_p)
+            c = udiv(offs, m_p, s_p)
             q = offs - c * P
             slot = tl.load(srow + c, mask=in_bounds, other=-1)
             top = (slot >= 0) & (slot < n_chan)
@@ -127,10 +142,10 @@ def apply_nchw_kernel(
 
 @triton.jit(do_not_specialize=["N", "P", "n_chan", "words"], do_not_specialize_on_alignment=_STATE_PTRS)
 def apply_nhwc_kernel(
-    x_ptr, y_ptr, slots_ptr, bits_ptr, scale_ptr,
+    x_ptr, y_ptr, slots_ptr, bits_ptr, scale_ptr, dropped_ptr,
     N, C, P, n_chan, words, sxn, syn,
     BP: tl.constexpr, BC: tl.constexpr, EVEN_P: tl.constexpr, EVEN_C: tl.constexpr, ONE_WORD: tl.constexpr,
-    BIG_N: tl.constexpr, GRID_Y: tl.constexpr, ROUND_BF16: tl.constexpr,
+    BIG_N: tl.constexpr, GRID_Y: tl.constexpr, ROUND_BF16: tl.constexpr, BATCH: tl.constexpr,
 ):
     tile_p = tl.program_id(0)
     if BIG_N:  # axis 2 counts (blocks of GRID_Y samples) x (channel tiles)
@@ -148,7 +163,7 @@ def apply_nhwc_kernel(
     p_ok = p < P
     c_ok = c < C
     offs = p[:, None] * C + c[None, :]  # int32 within the sample
-    scale = tl.load(scale_ptr + i)
+    scale = _scale(scale_ptr, dropped_ptr, i, (tile_p == 0) & (tile_c == 0) & (i == 0), N, C, P, BATCH)
     if EVEN_P and EVEN_C:
         xv = tl.load(x_ptr + i64 * sxn + offs)
     else:
@@ -173,19 +188,20 @@ def apply_nhwc_kernel(
     _store(y_ptr + i64 * syn, offs, y, p_ok[:, None] & c_ok[None, :], ROUND_BF16, not (EVEN_P and EVEN_C))
 
 
-@triton.jit(do_not_specialize_on_alignment=_STATE_PTRS)
+@triton.jit(do_not_specialize=["N"], do_not_specialize_on_alignment=_STATE_PTRS)
 def apply_strided_kernel(
-    x_ptr, y_ptr, slots_ptr, bits_ptr, scale_ptr,
-    C, P, H, W, n_chan, words, tiles_c, tiles_p,
+    x_ptr, y_ptr, slots_ptr, bits_ptr, scale_ptr, dropped_ptr,
+    N, C, P, H, W, n_chan, words, tiles_c, tiles_p,
     sxn, sxc, sxd, sxh, sxw, syn, syc, syd, syh, syw,
     FLAT: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BATCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     tile_p = pid % tiles_p
     rest = pid // tiles_p
     tile_c = rest % tiles_c
     i = (rest // tiles_c).to(tl.int64)
-    scale = tl.load(scale_ptr + i)
+    scale = _scale(scale_ptr, dropped_ptr, i, pid == 0, N, C, P, BATCH)
     c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
     q = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
     c_ok = c < C

@@ -17,13 +17,13 @@ launches and launch counts).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+import os
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..backends import triton_interpreting
-
-INTERPRET = triton_interpreting()
+# Triton runs kernels in its CPU interpreter (read once, as Triton itself does at import).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Called as HOOK(plan, args) instead of launching, when set (see report.py).
 HOOK: Optional[Callable[["Plan", tuple], None]] = None
 
@@ -54,28 +54,45 @@ _get_device = getattr(torch._C, "_cuda_getDevice", None)
 
 
 class Plan:
-    """One kernel specialisation ready to launch: ``plan.launch(args, device_index)``."""
+    """One kernel specialisation ready to launch: ``plan.launch(per_call + plan.static, device_index)``.
 
-    __slots__ = ("name", "fn", "grid", "constexprs", "cvalues", "static", "num_warps", "num_stages", "maxnreg",
-                 "compiled", "info")
+    Arguments are given by name and checked against the kernel's signature once, here: the
+    kernel's parameters must be ``per_call`` (the names of what changes between calls: tensors,
+    the seed and rate halves, in this order), then the keys of ``static`` (the values fixed by the
+    cache key, in any order: they are put in the kernel's order here), then the keys of
+    ``constexprs``. A launch then passes one tuple positionally, as Triton's launcher wants it,
+    with nothing ordered by hand."""
 
-    def __init__(self, name: str, fn, grid: Tuple[int, int, int], constexprs: Dict[str, object], static: tuple,
-                 num_warps: int, num_stages: int = 1, maxnreg: Optional[int] = None, info: Optional[dict] = None):
-        names = fn.arg_names
-        tail = names[len(names) - len(constexprs):]
-        if set(tail) != set(constexprs):
-            raise ValueError(f"{name}: constexprs must be the last parameters of {fn.__name__}")
+    __slots__ = ("name", "fn", "grid", "per_call", "constexprs", "cvalues", "static", "static_named", "num_warps",
+                 "num_stages", "maxnreg", "compiled", "info", "then")
+
+    def __init__(self, name: str, fn, grid: Tuple[int, int, int], per_call: Sequence[str], static: Dict[str, object],
+                 constexprs: Dict[str, object], num_warps: int, num_stages: int = 1, maxnreg: Optional[int] = None,
+                 info: Optional[dict] = None):
+        names = list(fn.arg_names)
+        k, m = len(per_call), len(per_call) + len(static)
+        if names[:k] != list(per_call):
+            raise ValueError(f"{name}: {fn.__name__} does not start with the per-call parameters {list(per_call)}")
+        if set(names[k:m]) != set(static):
+            raise ValueError(f"{name}: static arguments {sorted(set(static) ^ set(names[k:m]))} do not match "
+                             f"{fn.__name__}'s parameters")
+        if set(names[m:]) != set(constexprs):
+            raise ValueError(f"{name}: constexprs {sorted(set(constexprs) ^ set(names[m:]))} do not match "
+                             f"{fn.__name__}'s last parameters")
         self.name = name
         self.fn = fn
         self.grid = grid
+        self.per_call = tuple(per_call)
         self.constexprs = constexprs
-        self.cvalues = tuple(constexprs[k] for k in tail)
-        self.static = static  # the non-constexpr arguments fixed by the cache key (after the per-call ones)
+        self.cvalues = tuple(constexprs[n] for n in names[m:])
+        self.static_named = dict(static)
+        self.static = tuple(static[n] for n in names[k:m])  # in the kernel's order, after the per-call ones
         self.num_warps = num_warps
         self.num_stages = num_stages
         self.maxnreg = maxnreg  # a register budget per thread for ptxas (None: its own choice)
         self.compiled: Dict[int, object] = {}
         self.info = info or {}
+        self.then = 0  # what a caller launches after this one (the state plan's THEN_* codes in plan.py)
 
     def launch(self, args: tuple, device_index: int) -> None:
         """Launch on the current stream of ``device_index`` (ignored in the interpreter)."""
@@ -113,11 +130,6 @@ class Plan:
         # serve the direct launches that follow once the switch is off again).
         if kernel is not None and hasattr(kernel, "packed_metadata") and not hooked:
             self.compiled[device_index] = kernel
-
-
-def device_index(t: torch.Tensor) -> int:
-    """CUDA device index of t, -1 for the CPU (the interpreter)."""
-    return t.get_device()
 
 
 def cdiv(a: int, b: int) -> int:

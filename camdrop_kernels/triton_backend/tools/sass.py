@@ -136,6 +136,8 @@ class Sass:
         target = self._target(ins)
         if target is None:
             return nxt
+        if target <= k:  # a backward branch (paths(loops_once=True)): leave the loop
+            return nxt
         return ([target] + nxt) if ins.pred else [target]
 
     def loops(self) -> List[Loop]:
@@ -161,10 +163,12 @@ class Sass:
                 lp.lines[(ins.file, ins.line)] = lp.lines.get((ins.file, ins.line), 0) + 1
         return found
 
-    def paths(self) -> Tuple[int, int]:
-        """(shortest, longest) instruction count from entry to an EXIT; ValueError on a loop."""
+    def paths(self, loops_once: bool = False) -> Tuple[int, int]:
+        """(shortest, longest) instruction count from entry to an EXIT; ValueError on a loop, unless
+        ``loops_once``: each loop body then counts once (its backward branch is not taken), e.g.
+        the apply kernels' batch-scale prologue, one trip up to 1024 samples."""
         n = len(self.instrs)
-        if any(lp for lp in self.loops()):
+        if any(lp for lp in self.loops()) and not loops_once:
             raise ValueError("the kernel has loops: use loops()/estimate() instead of paths()")
         INF = float("inf")
         short, long_ = [INF] * (n + 1), [-INF] * (n + 1)
@@ -180,7 +184,8 @@ class Sass:
         return int(short[0]), int(long_[0])
 
     def estimate(self, trips: Dict[str, Tuple[Tuple[str, int, int], float]],
-                 cold: Sequence[Tuple[str, int, int]] = ()) -> Tuple[float, List[dict]]:
+                 cold: Sequence[Tuple[str, int, int]] = (), only: Optional[Sequence[str]] = None
+                 ) -> Tuple[float, List[dict]]:
         """Dynamic warp-instruction estimate for one warp of one program.
 
         ``trips``: source loop name -> ((file, first line, last line), trips of one entry).
@@ -189,8 +194,8 @@ class Sass:
         stack lies in it. Each SASS loop (a backward branch) is matched to the innermost source
         loop that holds most of its instructions; an instruction counts once times the trips of
         every SASS loop around it. A source loop that ptxas splits (say an unrolled main loop and
-        a remainder) is counted once per part: an over-estimate. Returns (estimate, per-loop
-        detail)."""
+        a remainder) is counted once per part: an over-estimate. ``only``: count just these base
+        opcodes (e.g. ("BAR",): barriers executed). Returns (estimate, per-loop detail)."""
         def inside(ins: Instr, rng) -> bool:
             file, lo, hi = rng
             name = os.path.basename(file)  # (by name: a copy of the tree elsewhere has other paths)
@@ -233,6 +238,8 @@ class Sass:
         total, cold_count = 0.0, 0
         per_loop: Dict[str, dict] = {}
         for k, ins in enumerate(self.instrs):
+            if only is not None and ins.base not in only:
+                continue
             if is_cold[k]:
                 cold_count += 1
                 continue
@@ -265,7 +272,7 @@ def function_lines(module_file: str, names: Sequence[str]) -> List[Tuple[str, in
 def source_regions(module_file: str) -> Tuple[Dict[str, Tuple[str, int, int]], List[Tuple[str, int, int]]]:
     """Marked regions of a kernel source file: loops (``# loop: NAME`` on a ``for`` line) as
     NAME -> (file, for line, last line of its body), and cold branches (``# cold`` on an ``if``
-    line) as (file, first, last line of the if-body)."""
+    line) as (file, first, last line of the if-body). (``while`` loops may be marked too.)"""
     import ast
 
     with open(module_file) as f:
@@ -274,7 +281,7 @@ def source_regions(module_file: str) -> Tuple[Dict[str, Tuple[str, int, int]], L
     loops, cold = {}, []
     for node in ast.walk(ast.parse(text)):
         marker = lines[node.lineno - 1] if hasattr(node, "lineno") else ""
-        if isinstance(node, ast.For):
+        if isinstance(node, (ast.For, ast.While)):
             m = re.search(r"#\s*loop:\s*(\w+)", marker)
             if m:
                 loops[m.group(1)] = (module_file, node.lineno, node.end_lineno)
