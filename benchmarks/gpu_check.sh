@@ -40,6 +40,13 @@ print('torch', torch.__version__, '| triton', triton.__version__, '| device', *d
 } 2>&1 | tee "$OUT/env.txt"
 
 DRY="${CAMDROP_GPU_DRY_RUN:-0}"
+# The working tree arrives without built extensions (*.so are ignored): build them against this
+# machine's torch (the C++ op kernels are tied to its ABI; without them the Python kernels serve).
+if [ "$DRY" != 1 ] || ! ls camdrop_kernels/_C*.so >/dev/null 2>&1; then
+  echo "=== build: the native extensions (box $(box 90)s)"
+  timeout "$(box 90)" "$PY" setup.py build_ext --inplace -j 8 > "$OUT/build.log" 2>&1 || tail -5 "$OUT/build.log"
+fi
+"$PY" -c "import camdrop_kernels.cpp as c, camdrop_kernels.backends as b; print('C++ op kernels:', 'loaded' if c.C else 'not loaded', '| native:', b.native_available())" 2>&1 | tee -a "$OUT/env.txt"
 echo "=== tests (box $(box 130)s)"
 TESTS=(tests/test_cuda.py tests/test_golden.py)
 [ "$DRY" = 1 ] && TESTS=(tests/test_cuda.py)

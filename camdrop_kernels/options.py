@@ -23,6 +23,8 @@ Top = Optional[Union[int, float]]
 
 BLOCK_SHAPES = ("square", "diamond")
 NORMALIZE_MODES = ("batch", "sample", "none")
+# How the kernels number them (the native stages' Normalize enum, the Triton state kernel's flags).
+NORMALIZE_CODES = {"batch": 0, "sample": 1, "none": 2}
 GAMMA_MODES = ("eligible", "dropblock")
 RANKS = (1, 2, 3)
 # block_size only ever matters up to the largest axis (it is clamped per axis), so anything

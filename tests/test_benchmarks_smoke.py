@@ -89,8 +89,9 @@ def test_paired_ratios_script_runs():
         sys.path.pop(0)
     out = paired.main(reps=2, threads=1)
     assert {"forward 8x1024x7x7", "forward+backward 16x256x28x28 CL", "tiny"} <= set(out)
-    assert all(r["ratios"]["multiply"] == 1.0 for k, r in out.items() if k != "tiny")
+    assert all(r["ratios"]["multiply"] == 1.0 for k, r in out.items() if k not in ("tiny", "bound layers"))
     assert out["tiny"]["ratios"]["camdrop"] > 0
+    assert out["bound layers"]["ratio"] > 0  # bound CamDrop layers against nn.Dropout layers, per layer
     # convert's block size for the map's stage, and the share dropped beside each forward's time.
     assert [out[f"forward {s}"]["block_size"] for s in ("16x256x28x28", "8x512x14x14", "8x1024x7x7")] == [7, 5, 3]
     assert all(out[key]["dropped"]["eligible"] > 0.01 for key in out if key.startswith("forward "))

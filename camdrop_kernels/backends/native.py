@@ -11,10 +11,8 @@ import importlib.util
 import torch
 from torch.utils.dlpack import to_dlpack as _dl
 
-from ..options import Options
+from ..options import NORMALIZE_CODES, Options
 from .base import Backend
-
-NORMALIZE_CODES = {"batch": 0, "sample": 1, "none": 2}
 
 
 def available() -> bool:

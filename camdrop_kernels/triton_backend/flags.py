@@ -4,6 +4,8 @@ serves every combination) and the normalisation codes, shared by the kernel and 
 They are ``tl.constexpr`` so that kernels may read them; the planner uses ``.value``."""
 import triton.language as tl
 
+from ..options import NORMALIZE_CODES
+
 ELIGIBLE = tl.constexpr(1)  # gamma_mode "eligible" (else "dropblock")
 P_FROM_PTR = tl.constexpr(2)  # drop_prob is read from device memory (else passed by value)
 SEED_FROM_PTR = tl.constexpr(4)  # the seed is read from device memory (else passed by value)
@@ -11,7 +13,7 @@ DIAMOND = tl.constexpr(8)  # block_shape "diamond" (else "square")
 NORMALIZE_SHIFT = tl.constexpr(4)  # two bits from here: one of the codes below
 NORMALIZE_MASK = tl.constexpr(3)
 
-NORM_BATCH = tl.constexpr(0)
-NORM_SAMPLE = tl.constexpr(1)
-NORM_NONE = tl.constexpr(2)
-NORMALIZE = {"batch": NORM_BATCH.value, "sample": NORM_SAMPLE.value, "none": NORM_NONE.value}
+NORM_BATCH = tl.constexpr(NORMALIZE_CODES["batch"])
+NORM_SAMPLE = tl.constexpr(NORMALIZE_CODES["sample"])
+NORM_NONE = tl.constexpr(NORMALIZE_CODES["none"])
+NORMALIZE = NORMALIZE_CODES
