@@ -126,6 +126,21 @@ class CamDropNd(nn.Module):
     last_dropped = property(lambda self: self.guide.last_dropped)
     last_rate = property(lambda self: self.guide.last_rate)
 
+    def __setstate__(self, state):
+        # A layer pickled by release 0.2 (before the Guide) keeps its classifier, missing_targets and
+        # statistics as attributes of its own: move them into a Guide.
+        if "guide" not in state:
+            guide = Guide(type(self).__name__, "classifier", state.pop("missing_targets", "error"))
+            classifier = state.pop("_classifier", None)
+            if classifier is not None:
+                guide.bind(classifier)
+            guide.last_dropped, guide.last_rate = state.pop("last_dropped", None), state.pop("last_rate", None)
+            guide.numel = state.pop("_numel_value", 1)
+            for old in ("_targets", "_memo", "_history", "_recent"):
+                state.pop(old, None)
+            state["guide"] = guide
+        super().__setstate__(state)
+
     def _apply(self, fn, recurse=True):
         # model.half() / .to(dtype) convert floating buffers: keep the rate exactly float64. And
         # to_empty() (meta -> device, then load_state_dict) leaves buffers uninitialised, while these

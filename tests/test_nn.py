@@ -257,6 +257,23 @@ def test_the_shared_importance_is_per_autocast_state(monkeypatch):
     assert calls == [16, 16]
 
 
+def test_layers_pickled_by_release_0_2_still_work():
+    """A layer pickled before the Guide existed (its classifier, missing_targets and statistics as
+    attributes of its own, a _memo, _history, _recent) loads and trains."""
+    torch.manual_seed(0)
+    net = TwoStage().train()
+    for layer in (net.a, net.b, net.c):
+        guide = layer.__dict__.pop("guide")
+        layer.__dict__.update(_classifier=guide.classifier, missing_targets="error", last_dropped=None,
+                              last_rate=None, _numel_value=1, _targets=None, _memo=None, _history={}, _recent=[])
+    restored = pickle.loads(pickle.dumps(net))
+    x, y = batch()
+    with ck.targets(restored, y):
+        restored(x)
+    assert all(layer.classifier is restored.fc and layer.last_dropped is not None
+               for layer in (restored.a, restored.b, restored.c))
+
+
 def test_targets_made_in_inference_mode_still_guide():
     """Labels created under torch.inference_mode keep no version counter: the shared importance is
     not used for them (computed per layer), and the forward works."""
