@@ -93,7 +93,10 @@ def bound_layers(reps: int) -> dict:
     CamDrop2d layers against nine nn.Dropout layers, each net of nine identity layers, in
     interleaved rounds (test_training_step.Stage's model)."""
     sys.path.insert(0, __file__.rpartition("/")[0])
-    from stage import Stage
+    try:
+        from stage import Stage
+    finally:
+        sys.path.pop(0)  # (a path left behind would make "conftest" mean benchmarks/conftest.py)
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(8, 64, 7, 7, generator=g).requires_grad_()
