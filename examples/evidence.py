@@ -756,28 +756,38 @@ def run_job(job: Tuple[str, int, str], args: argparse.Namespace) -> Tuple[str, i
     return part, seed, name, result, (model.state_dict() if keep else None)
 
 
-def _jobs(args: argparse.Namespace, part: str = "cnn"):
-    """Run every (seed, configuration) of a part, in ``args.workers`` single-process workers when
-    > 1, and yield the results as they finish. Every run seeds itself, so the worker that runs it
-    and the order do not change its numbers."""
+def _jobs(args: argparse.Namespace, part: str = "cnn", pool=None):
+    """Run every (seed, configuration) of a part, in ``pool``'s single-process workers if given,
+    and yield the results as they finish. Every run seeds itself, so the worker that runs it and
+    the order do not change its numbers."""
     names = args.configs if part == "cnn" else args.vit_configs
     jobs = [(part, seed, name) for seed in range(args.seeds) for name in names]
-    if args.workers <= 1:
+    if pool is None:
         yield from (run_job(job, args) for job in jobs)
+        return
+    yield from pool.imap_unordered(functools.partial(run_job, args=args), jobs)
+
+
+@contextlib.contextmanager
+def _pool(args: argparse.Namespace):
+    """``args.workers`` worker processes (one pool for both parts: a worker starts in seconds, more
+    on a busy machine), or None for one worker (everything in this process)."""
+    if args.workers <= 1:
+        yield None
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
     with context.Pool(args.workers) as pool:
-        yield from pool.imap_unordered(functools.partial(run_job, args=args), jobs)
+        yield pool
 
 
-def _run_part(args: argparse.Namespace, part: str) -> Tuple[Dict[str, List[dict]], dict, Optional[dict]]:
+def _run_part(args: argparse.Namespace, part: str, pool=None) -> Tuple[Dict[str, List[dict]], dict, Optional[dict]]:
     """Every (seed, configuration) of a part: the runs by configuration (in seed order), the
-    runtime, and the figure's weights (CNN part)."""
+    runtime (wall: from the part's first job to its last result), and the figure's weights (CNN part)."""
     wall = time.perf_counter()
     names = args.configs if part == "cnn" else args.vit_configs
     runs: Dict[str, Dict[int, dict]] = {name: {} for name in names}
     figure_state = None
-    for _, seed, name, result, state in _jobs(args, part):
+    for _, seed, name, result, state in _jobs(args, part, pool):
         runs[name][seed] = result
         figure_state = state if state is not None else figure_state
         print(f"{part} seed {seed} {name:12s} plain {100 * result['plain']:5.1f}  occluded "
@@ -807,13 +817,13 @@ def run(args: argparse.Namespace) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     runs: Dict[str, List[dict]] = {}
     runtime = {"wall_seconds": 0.0, "cpu_seconds": 0.0}
-    figure_state = None
-    if args.cnn:
-        runs, runtime, figure_state = _run_part(args, "cnn")
-    vit = None
-    if args.vit:
-        vit_runs, vit_runtime, _ = _run_part(args, "vit")
-        vit = {"settings": vit_settings(args), "runtime": vit_runtime, "runs": vit_runs}
+    figure_state, vit = None, None
+    with _pool(args) as pool:  # the parts one after the other, so each part's wall time is its own
+        if args.cnn:
+            runs, runtime, figure_state = _run_part(args, "cnn", pool)
+        if args.vit:
+            vit_runs, vit_runtime, _ = _run_part(args, "vit", pool)
+            vit = {"settings": vit_settings(args), "runtime": vit_runtime, "runs": vit_runs}
     settings = {key: _shown(value) for key, value in vars(args).items()}
     settings["seeds"] = list(range(args.seeds))
     if not args.cnn:
