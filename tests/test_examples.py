@@ -85,7 +85,7 @@ def test_evidence_writes_table_and_json(tiny_report):
     assert set(report) >= {"settings", "runtime", "summary", "contrasts", "runs", "dropblock_check", "markdown"}
     assert report["markdown"] == table
     assert list(report["summary"]) == list(evidence.CONFIGS)
-    header = [line for line in table.splitlines() if line.startswith("| configuration")]
+    header = [line for line in table.splitlines() if line.startswith("| configuration | dropped")]
     assert len(header) == 1 + HAS_TIMM and all("occluded acc" in h and "dropped" in h for h in header)  # (+ the ViT's)
     for name, entry in report["summary"].items():
         assert entry["label"] in table
@@ -122,6 +122,12 @@ def test_evidence_self_guided_row_drops(tiny_report):
     report = json.loads((tiny_report / "evidence.json").read_text())
     entry = report["summary"]["camdrop_self"]
     assert entry["label"] == "CamDrop, self guidance (guidance='self', defaults otherwise)"
+    # The label read-back check runs for the configurations whose dropping depends on the labels.
+    checked = {name for name, runs in report["runs"].items() if runs[0]["readback"] is not None}
+    assert checked == {"camdrop", "camdrop_all", "camdrop_v1"}
+    assert set(report["summary"]["camdrop"]["readback"]) == {"eval_acc", "true_guided_acc", "wrong_guided_acc",
+                                                             "follows_wrong", "eval_follows_wrong"}
+    assert "Label read-back check" in report["markdown"]
     assert entry["dropped_full"]["mean"] > 0.0 and entry["dropped_train"]["mean"] > 0.0
     assert "| CamDrop (C/8) − CamDrop (self) |" in report["markdown"]
     assert "| CamDrop (self) − DropBlock |" in report["markdown"]
@@ -136,6 +142,7 @@ def test_evidence_vit_part_rows_and_shares(tiny_report):
     assert set(vit) >= {"settings", "runtime", "summary", "contrasts", "runs", "dropblock_check"}
     assert list(vit["summary"]) == list(evidence.VIT_CONFIGS)
     assert vit["settings"]["places"] == ["blocks.4", "blocks.5"]  # convert's default: the last third of 6
+    assert {name for name, runs in vit["runs"].items() if runs[0]["readback"] is not None} == {"camdrop"}
     for name, entry in vit["summary"].items():
         assert len(vit["runs"][name]) == 1
         assert entry["label"] in report["markdown"]
@@ -191,7 +198,7 @@ def test_evidence_quick_and_part_flags():
     assert evidence.parse_args(["--quick", "--seeds", "2", "--vit-epochs=3"]).seeds == 2
     assert evidence.parse_args(["--quick", "--vit-epochs=3"]).vit_epochs == 3
     args = evidence.parse_args([])
-    assert (args.cnn, args.vit, args.vit_train_size, args.vit_epochs) == (True, True, 2000, 12)
+    assert (args.cnn, args.vit, args.vit_train_size, args.vit_epochs) == (True, True, 8000, 4)
     assert not evidence.parse_args(["--no-vit"]).vit
     with pytest.raises(SystemExit):
         evidence.parse_args(["--no-cnn", "--no-vit"])
