@@ -561,7 +561,7 @@ def _pct(stat: dict) -> str:
 def _diff(diff: Optional[dict]) -> str:
     if diff is None:
         return "—"
-    p = "n/a" if diff["p"] is None else f"{diff['p']:.3f}"
+    p = "n/a" if diff["p"] is None else "< 0.001" if diff["p"] < 0.0005 else f"{diff['p']:.3f}"
     return f"{100 * diff['mean']:+.1f} (p {p})"
 
 
