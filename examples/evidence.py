@@ -38,9 +38,8 @@ same places (the places ``ck.conversion_places`` gives), the same block size, fi
 Data: ``--vit-train-size`` training images for ``--vit-epochs`` epochs. Declared before any ViT
 result: the ViT "learns the task" if, unregularised, it reaches at least 90% plain test accuracy
 (mean over seeds); the first setting was the CNN's 2,000 images for 12 epochs (372 steps), and if
-the ViT did not learn the task with it, the one other setting to try was four times the data at
-about the same compute, 8,000 images for 4 epochs (500 steps); both are reported, whatever they
-give. The first did not (68.8% plain; its whole run is kept in
+the ViT did not learn the task with it, the one other setting to try was four times the data for
+a third more steps, 8,000 images for 4 epochs (500 steps); both are reported, whatever they give. The first did not (68.8% plain; its whole run is kept in
 ``examples/results/evidence_setting1.{md,json}``), so the defaults are now the second.
 
 The label read-back check (added after that first run, in which the classifier-guided CamDrop
