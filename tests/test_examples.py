@@ -22,6 +22,7 @@ import cifar10  # noqa: E402
 import evidence  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+HAS_TIMM = importlib.util.find_spec("timm") is not None  # the evidence experiment's ViT part
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -37,9 +38,10 @@ def tiny_report(tmp_path_factory):
     to runs/evidence there), leaving the shipped results as they were."""
     cwd = tmp_path_factory.mktemp("evidence")
     argv = ["--seeds", "1", "--epochs", "1", "--train-size", "128", "--test-size", "64", "--probe", "64",
-            "--workers", "2", "--threads", str(torch.get_num_threads())]
+            "--workers", "2", "--threads", "1"]  # (one thread per worker, as the full run: two cores, no spinning)
+    argv += ["--vit-train-size", "128", "--vit-epochs", "1"] if HAS_TIMM else ["--no-vit"]
     shipped = _shipped_bytes()
-    state = torch.get_rng_state()
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
     previous = os.getcwd()
     os.chdir(cwd)
     try:
@@ -47,6 +49,7 @@ def tiny_report(tmp_path_factory):
     finally:
         os.chdir(previous)
         torch.set_rng_state(state)
+        torch.set_num_threads(threads)  # (run() sets this process's threads to --threads)
     assert _shipped_bytes() == shipped
     return cwd / "runs" / "evidence"
 
@@ -82,8 +85,8 @@ def test_evidence_writes_table_and_json(tiny_report):
     assert set(report) >= {"settings", "runtime", "summary", "contrasts", "runs", "dropblock_check", "markdown"}
     assert report["markdown"] == table
     assert list(report["summary"]) == list(evidence.CONFIGS)
-    header = [line for line in table.splitlines() if line.startswith("| configuration")]
-    assert len(header) == 1 and "occluded acc" in header[0] and "dropped" in header[0]
+    header = [line for line in table.splitlines() if line.startswith("| configuration | dropped")]
+    assert len(header) == 1 + HAS_TIMM and all("occluded acc" in h and "dropped" in h for h in header)  # (+ the ViT's)
     for name, entry in report["summary"].items():
         assert entry["label"] in table
         assert len(report["runs"][name]) == 1
@@ -113,6 +116,92 @@ def test_evidence_measures_the_share_dropped(tiny_report):
     check = json.loads((tiny_report / "evidence.json").read_text())["dropblock_check"]
     assert check["ok"] == (check["dropblock"] >= check["most_camdrop"]) and check["text"] in \
         (tiny_report / "evidence.md").read_text()
+
+
+def test_evidence_self_guided_row_drops(tiny_report):
+    report = json.loads((tiny_report / "evidence.json").read_text())
+    entry = report["summary"]["camdrop_self"]
+    assert entry["label"] == "CamDrop, self guidance (guidance='self', defaults otherwise)"
+    # The label read-back check runs for the configurations whose dropping depends on the labels.
+    checked = {name for name, runs in report["runs"].items() if runs[0]["readback"] is not None}
+    assert checked == {"camdrop", "camdrop_all", "camdrop_v1"}
+    assert set(report["summary"]["camdrop"]["readback"]) == {"eval_acc", "true_guided_acc", "wrong_guided_acc",
+                                                             "follows_wrong", "eval_follows_wrong"}
+    assert "Label read-back check" in report["markdown"]
+    assert entry["dropped_full"]["mean"] > 0.0 and entry["dropped_train"]["mean"] > 0.0
+    assert "| CamDrop (C/8) − CamDrop (self) |" in report["markdown"]
+    assert "| CamDrop (self) − DropBlock |" in report["markdown"]
+
+
+@pytest.mark.skipif(not HAS_TIMM, reason="timm (a dev dependency) is not installed")
+def test_evidence_vit_part_rows_and_shares(tiny_report):
+    """The ViT part ran every configuration, and each dropped what it should: none nothing, the
+    others part of the token map (at the final rate, and under the ramp in training)."""
+    report = json.loads((tiny_report / "evidence.json").read_text())
+    vit = report["vit"]
+    assert set(vit) >= {"settings", "runtime", "summary", "contrasts", "runs", "dropblock_check"}
+    assert list(vit["summary"]) == list(evidence.VIT_CONFIGS)
+    assert vit["settings"]["places"] == ["blocks.4", "blocks.5"]  # convert's default: the last third of 6
+    assert {name for name, runs in vit["runs"].items() if runs[0]["readback"] is not None} == {"camdrop"}
+    for name, entry in vit["summary"].items():
+        assert len(vit["runs"][name]) == 1
+        assert entry["label"] in report["markdown"]
+        for key in ("plain", "occluded", "train"):
+            assert 0.0 <= entry[key]["mean"] <= 1.0
+        if name == "none":
+            assert entry["dropped_full"]["mean"] == entry["dropped_train"]["mean"] == 0.0
+        else:
+            assert entry["dropped_full"]["mean"] > 0.0 and entry["dropped_train"]["mean"] > 0.0
+    assert 0.05 < vit["summary"]["dropblock"]["dropped_full"]["mean"] < 0.15
+    assert [(c["a"], c["b"]) for c in vit["contrasts"]] == list(evidence.VIT_CONTRASTS)
+    assert "### CamDrop evidence, vision transformer" in report["markdown"]
+    assert "Does the ViT learn the task?" in report["markdown"] and vit["dropblock_check"]["text"] in report["markdown"]
+    assert report["total_runtime"]["wall_seconds"] >= vit["runtime"]["wall_seconds"] > 0
+
+
+@pytest.mark.skipif(not HAS_TIMM, reason="timm (a dev dependency) is not installed")
+def test_vit_configurations_are_paired_and_drop_at_the_same_places():
+    args = evidence.parse_args(["--seeds", "1"])
+    models = {name: evidence.build_vit(name, 3, args) for name in evidence.VIT_CONFIGS}
+    reference = models["none"].state_dict()
+    for name, model in models.items():
+        state = model.state_dict()
+        assert state.keys() == reference.keys()
+        assert all(torch.equal(state[k], reference[k]) for k in state)
+    # DropBlock sits where convert puts CamDrop, with the same block size.
+    camdrop_blocks = sorted({n.rsplit(".", 2)[0] for n, m in models["camdrop"].named_modules()
+                             if isinstance(m, ck.CamDrop2d)})
+    dropblock_blocks = sorted(n.rsplit(".", 1)[0] for n, m in models["dropblock"].named_modules()
+                              if isinstance(m, evidence.TokenDropBlock))
+    assert camdrop_blocks == dropblock_blocks == ["blocks.4", "blocks.5"]
+    assert {layer.block_size for layer in ck.camdrop_layers(models["camdrop"])} == {evidence.VIT_BLOCK_SIZE}
+    assert all(layer.guidance == "self" for layer in ck.camdrop_layers(models["camdrop_self"]))
+    assert all(layer.classifier is models["camdrop"].head for layer in ck.camdrop_layers(models["camdrop"]))
+
+
+def test_token_dropblock_is_dropblock_on_the_token_map():
+    layer = evidence.TokenDropBlock(0.3, 3, prefix=1, grid=(4, 4)).train()
+    tokens = torch.rand(2, 17, 8) + 0.5
+    torch.manual_seed(5)
+    y = layer(tokens)
+    torch.manual_seed(5)
+    expected = evidence.DropBlock(0.3, 3)(tokens[:, 1:].unflatten(1, (4, 4)).permute(0, 3, 1, 2))
+    assert torch.equal(y[:, 0], tokens[:, 0])  # the prefix token passes
+    assert torch.equal(y[:, 1:], expected.permute(0, 2, 3, 1).reshape(2, 16, 8))
+    assert layer.dropblock.last_dropped_fraction > 0
+    assert layer.eval()(tokens) is tokens
+
+
+def test_evidence_quick_and_part_flags():
+    args = evidence.parse_args(["--quick"])
+    assert {key: getattr(args, key) for key in evidence.QUICK} == evidence.QUICK
+    assert evidence.parse_args(["--quick", "--seeds", "2", "--vit-epochs=3"]).seeds == 2
+    assert evidence.parse_args(["--quick", "--vit-epochs=3"]).vit_epochs == 3
+    args = evidence.parse_args([])
+    assert (args.cnn, args.vit, args.vit_train_size, args.vit_epochs) == (True, True, 8000, 4)
+    assert not evidence.parse_args(["--no-vit"]).vit
+    with pytest.raises(SystemExit):
+        evidence.parse_args(["--no-cnn", "--no-vit"])
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib (the viz extra) is not installed")
