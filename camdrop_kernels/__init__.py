@@ -10,8 +10,8 @@ from .conversion import Place, conversion_places, convert, convert_resnet
 from .guidance import channel_importance, class_activation_map
 from .heads import HeadLayout, find_classifier, head_layout
 from .nn import CamDrop1d, CamDrop2d, CamDrop3d
-from .training import (camdrop_layers, dropped_stats, dropped_summary, linear_ramp, set_drop_prob, stage_drop_prob,
-                       targets, v_schedule)
+from .training import (camdrop_layers, dropped_stats, dropped_summary, label_readback, linear_ramp, set_drop_prob,
+                       stage_drop_prob, targets, v_schedule)
 
 __version__ = "0.2.0"
 
@@ -19,6 +19,7 @@ __all__ = [
     "camdrop", "camdrop1d", "camdrop3d", "camdrop_mask", "camdrop1d_mask", "camdrop3d_mask",
     "channel_importance", "class_activation_map", "CamDrop1d", "CamDrop2d", "CamDrop3d", "convert", "convert_resnet",
     "conversion_places", "find_classifier", "head_layout", "HeadLayout", "Place",
-    "targets", "camdrop_layers", "set_drop_prob", "dropped_stats", "dropped_summary", "linear_ramp", "v_schedule",
+    "targets", "camdrop_layers", "set_drop_prob", "dropped_stats", "dropped_summary", "label_readback", "linear_ramp",
+    "v_schedule",
     "stage_drop_prob", "__version__",
 ]

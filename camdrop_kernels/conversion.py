@@ -322,6 +322,19 @@ def convert(
         raise TypeError("convert sets drop_prob_scale itself (stage_scaling); pass stage_scaling=False for one rate")
     model_ = _unwrap(model)
     named_classifier = classifier is not None
+    if structure.vit_plan(model_) is not None:
+        if "guidance" not in options:
+            # Vision transformers learn to read the label off a classifier-guided mask (their
+            # residual stream is signed: the zeroed top channels of the true class are a visible
+            # code): measured, examples/results/evidence.md. Their default is self guidance.
+            options = dict(options, guidance="self")
+        elif options["guidance"] == "classifier":
+            warnings.warn(
+                "convert: classifier guidance on a vision transformer's tokens: in the evidence experiment a "
+                "ViT trained so learnt to read the label off CamDrop's mask and fell to near chance in "
+                "evaluation (examples/results/evidence.md). The default for ViTs is guidance='self'; check a "
+                "classifier-guided model with camdrop_kernels.label_readback(model, images, labels)",
+                UserWarning, stacklevel=2)
     self_guided = options.get("guidance", "classifier") == "self"
     if self_guided:
         if classifier is not None:

@@ -423,3 +423,23 @@ def test_sharded_training_runs_and_drops(mode, tmp_path):
             pytest.fail(f"{mode} workers hung")
     out = torch.load(result)
     assert out["ran"] and all(s > 0 for s in out["shares"]) and 0 < out["loss"] < 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Label read-back: does a model read the label off a classifier-guided mask?
+# ---------------------------------------------------------------------------------------------
+def test_label_readback_measures_and_restores():
+    torch.manual_seed(0)
+    model = ck.convert(torchvision.models.resnet18(num_classes=4), drop_prob=0.3).train()
+    ck.set_drop_prob(model, 0.0)
+    x, y = torch.randn(6, 3, 96, 96), torch.tensor([0, 1, 2, 3, 0, 1])
+    rates = [layer.drop_prob for layer in ck.camdrop_layers(model)]
+    out = ck.label_readback(model, x, y)  # at rate 0 the guidance changes nothing
+    assert out["true_guided"] == out["wrong_guided"] == out["eval"]
+    out = ck.label_readback(model, x, y, drop_prob=1.0)
+    assert set(out) == {"eval", "true_guided", "wrong_guided", "follows_wrong", "eval_follows_wrong"}
+    assert all(0.0 <= v <= 1.0 for v in out.values())
+    assert model.training and all(m.training for m in model.modules())  # modes restored
+    assert [layer.drop_prob for layer in ck.camdrop_layers(model)] == rates  # rates restored
+    with pytest.raises(ValueError, match="no classifier-guided"):
+        ck.label_readback(ck.convert(torchvision.models.resnet18(), guidance="self"), x, y)

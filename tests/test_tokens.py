@@ -72,8 +72,19 @@ def test_convert_places_token_maps_on_the_last_blocks(kind):
         assert torch.equal(model(x), plain(x))
 
 
+def test_vits_default_to_self_guidance_and_classifier_guidance_warns():
+    """ViTs learn to read the label off a classifier-guided mask (examples/results/evidence.md):
+    convert guides them by themselves unless asked, and warns when asked."""
+    model = ck.convert(vit("timm_vit"), drop_prob=0.5)
+    assert all(layer.guidance == "self" and layer.classifier is None for layer in ck.camdrop_layers(model))
+    with pytest.warns(UserWarning, match="read the label off CamDrop's mask"):
+        guided = ck.convert(vit("timm_vit"), drop_prob=0.5, guidance="classifier")
+    assert all(layer.classifier is guided.head for layer in ck.camdrop_layers(guided))
+
+
 def test_the_patch_map_is_camdrop2d_of_the_channels_last_view_and_the_guidance_folds_the_norm():
-    model = ck.convert(vit("timm_vit"), drop_prob=0.5, where=1).train()
+    with pytest.warns(UserWarning, match="read the label"):
+        model = ck.convert(vit("timm_vit"), drop_prob=0.5, where=1, guidance="classifier").train()
     tm = next(m for m in model.modules() if isinstance(m, TokenMap))
     layer = tm.camdrop
     x, y = batch()
