@@ -42,13 +42,14 @@ class Scope:
     """One ``targets`` block (or one ``set_targets`` call): the batch's targets, the thread that
     handed them, and the channel importances its layers share within one forward of the model."""
 
-    __slots__ = ("targets", "thread", "memo", "seen", "__weakref__")
+    __slots__ = ("targets", "thread", "memo", "seen", "ref", "__weakref__")
 
     def __init__(self, targets: Optional[Tensor]) -> None:
         self.targets = targets
         self.thread = threading.get_ident()
         self.memo: dict = {}
         self.seen: set = set()
+        self.ref = None if targets is None else weakref.ref(targets)  # (what the checkpoint history keeps)
 
 
 def _autocast_state(device_type: str):
@@ -171,9 +172,9 @@ class Guide:
         if targets.shape[0] != x.shape[0]:
             raise ValueError(f"targets hold {targets.shape[0]} samples but the batch has {x.shape[0]}")
         weight = check_classifier_weight(classifier.weight, x, self.owner)
-        with torch.no_grad():
-            alpha = self._importance(weight, targets, x.shape[1], scope, compiling)
-            cam = cam_unchecked(x.detach(), alpha)
+        # (from detached inputs: no graph, without the cost of a no_grad context)
+        alpha = self._importance(weight, targets, x.shape[1], scope, compiling)
+        cam = cam_unchecked(x.detach(), alpha)
         return cam, alpha
 
     def _importance(self, weight: Tensor, targets: Tensor, channels: int, scope: Optional[Scope],
@@ -195,8 +196,10 @@ class Guide:
             scope.memo.clear()
             scope.seen.clear()
         scope.seen.add(me)
+        # (autocast matters to soft targets' matmul only; a gather of class indices is exact)
         key = (id(weight), weight._version, targets._version, channels, self.layout, id(self.norm),
-               None if self.norm is None else self.norm.weight._version, _autocast_state(weight.device.type))
+               None if self.norm is None else self.norm.weight._version,
+               None if targets.dim() == 1 else _autocast_state(weight.device.type))
         hit = scope.memo.get(key)
         if hit is not None and hit[0] is weight:  # (the entry holds the weight: its id cannot be reused)
             return hit[1]
@@ -231,7 +234,8 @@ class Guide:
                     f"recompute within {HISTORY} forwards")
             return targets
         if targets is not None:
-            self.history[key] = weakref.ref(targets)
+            scope = self.scope
+            self.history[key] = scope.ref if scope is not None and scope.targets is targets else weakref.ref(targets)
             if not any(t is targets for t in self.recent):
                 self.recent.append(targets)
         elif self.missing_targets == "skip":

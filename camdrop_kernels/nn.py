@@ -39,6 +39,10 @@ torch.fx.wrap("_fx_call")
 torch.fx.wrap("self_guidance")  # (a traced self-guided root layer records it as one node)
 
 
+# torch.func's wrapper test, looked up once (absent in older torch).
+_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+
 def _fx_tracer(x) -> Optional[torch.fx.Tracer]:
     """The tracer when x is a torch.fx.symbolic_trace proxy (None otherwise)."""
     return x.tracer if isinstance(x, torch.fx.Proxy) else None
@@ -193,23 +197,26 @@ class CamDropNd(nn.Module):
             guidance = self.guide.guidance(x, seed, compiling)
             if guidance is None:
                 return self._nothing_dropped(x, compiling)
-            cam, alpha = guidance
-        cam = validation.check_inputs(self.rank, x, cam, alpha, module=True)
+            cam, alpha = guidance  # (made for x: (N, *S) and (N, C))
+        else:
+            cam = validation.check_inputs(self.rank, x, cam, alpha, module=True)
         if self.inplace:
             validation.check_inplace(x)
-        y, dropped, rate = api.run(x, cam, alpha, self.options, self._drop_prob, seed, self.inplace, self.backend)
+        buffers = self._buffers  # (a dict look-up: nn.Module.__getattr__ costs a microsecond a name)
+        y, dropped, rate = api.run(x, cam, alpha, self.options, buffers["_drop_prob"], seed, self.inplace,
+                                   self.backend)
         self._record(x, dropped, rate, compiling)
         return y
 
     def _refuse_tracers(self, x: torch.Tensor, cam: Optional[torch.Tensor]) -> None:
         """Callers that cannot honour a training-mode layer fail with advice, not deep inside."""
         name = type(self).__name__
-        if cam is None and getattr(self, "_is_replica", False) and self.guide.mode == "classifier":
+        # (self.__dict__: nn.Module.__getattr__ raising for a missing name costs microseconds)
+        if cam is None and self.__dict__.get("_is_replica", False) and self.guide.mode == "classifier":
             raise RuntimeError(
                 f"a bound {name} cannot run under nn.DataParallel: each replica would see the whole batch's "
                 "targets. Use DistributedDataParallel (one process per GPU), which camdrop_kernels supports")
-        check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-        if check is not None and isinstance(x, torch.Tensor) and check(x):
+        if _functorch_wrapped is not None and isinstance(x, torch.Tensor) and _functorch_wrapped(x):
             raise RuntimeError(
                 f"torch.func transforms (grad, vjp, vmap, ...) through a {name} in training mode are not supported: "
                 "compute gradients with loss.backward() or torch.autograd.grad (torch.func.functional_call itself "
@@ -245,14 +252,14 @@ class CamDropNd(nn.Module):
     def _record(self, x: torch.Tensor, dropped: torch.Tensor, rate: torch.Tensor, compiling: bool) -> None:
         self.guide.record(dropped, rate, compiling)
         numel = max(1, x.numel())
-        if compiling or not x.is_cuda:
-            self._numel.fill_(numel)
+        if compiling:
+            self._buffers["_numel"].fill_(numel)
         elif numel != self.guide.numel:
-            # Eager CUDA: a fill is a kernel launch, so only when the size changes. (A compiled forward
-            # of the same layer cannot update this mirror; mixing compiled and eager CUDA forwards of
-            # different sizes could leave the share computed against a stale size: statistics only.)
-            self._numel.fill_(numel)
-        if not compiling:
+            # Eager: a fill costs a launch on CUDA (and a dispatcher call anywhere), so only when the
+            # size changes. (A compiled forward of the same layer cannot update this mirror; mixing
+            # compiled and eager forwards of different sizes could leave the share computed against
+            # a stale size: statistics only.)
+            self._buffers["_numel"].fill_(numel)
             self.guide.numel = numel
 
     # -- statistics ------------------------------------------------------------------------------
