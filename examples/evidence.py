@@ -31,8 +31,9 @@ reads the mean of the patch tokens, as the CNN's reads the mean of its map, so t
 CamDrop is exact (up to the pooled LayerNorm's per-sample scale and shift), where with a class
 token it would be an approximation. No dropout or drop-path. AdamW (weight decay 0.05), OneCycle
 to a peak learning rate of 1e-3, batch 64. Configurations: none; CamDrop bound to the head,
-``ck.convert(model, drop_prob=...)`` (its defaults: after the last third of the blocks, i.e.
-blocks 4 and 5, on the patch tokens viewed as an 8x8x64 map, block 3); the same with
+``ck.convert(model, drop_prob=..., guidance="classifier")`` (convert's ViT default when this
+experiment was designed; since, because of it, ViTs default to self guidance; otherwise its
+defaults: after the last third of the blocks, i.e. blocks 4 and 5, on the patch tokens viewed as an 8x8x64 map, block 3); the same with
 ``guidance="self"``; and DropBlock (torchvision's ``drop_block2d``) on the same token maps at the
 same places (the places ``ck.conversion_places`` gives), the same block size, final rate and ramp.
 Data: ``--vit-train-size`` training images for ``--vit-epochs`` epochs. Declared before any ViT
