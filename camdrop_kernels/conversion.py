@@ -323,12 +323,13 @@ def convert(
     model_ = _unwrap(model)
     named_classifier = classifier is not None
     if structure.vit_plan(model_) is not None:
-        if "guidance" not in options:
+        if "guidance" not in options and classifier is None:
             # Vision transformers learn to read the label off a classifier-guided mask (their
             # residual stream is signed: the zeroed top channels of the true class are a visible
-            # code): measured, examples/results/evidence.md. Their default is self guidance.
+            # code): measured, examples/results/evidence.md. Their default is self guidance (a
+            # classifier named by the caller asks for classifier guidance: it gets it, warned).
             options = dict(options, guidance="self")
-        elif options["guidance"] == "classifier":
+        elif options.get("guidance", "classifier") == "classifier":
             warnings.warn(
                 "convert: classifier guidance on a vision transformer's tokens: in the evidence experiment a "
                 "ViT trained so learnt to read the label off CamDrop's mask and fell to near chance in "

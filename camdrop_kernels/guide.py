@@ -65,6 +65,8 @@ def _autocast_state(device_type: str):
 class Guide:
     """The guidance and statistics of one CamDrop layer (see the module's docstring)."""
 
+    eager_mark: Optional[tuple] = None  # mark() after the last eager record (see CamDropNd._record)
+
     def __init__(self, owner: str, mode: str = "classifier", missing_targets: str = "error") -> None:
         self.owner = owner  # the layer's class name, for messages
         self.mode = validation.check_choice("guidance", mode, MODES)
@@ -198,7 +200,7 @@ class Guide:
         scope.seen.add(me)
         # (autocast matters to soft targets' matmul only; a gather of class indices is exact)
         key = (id(weight), weight._version, targets._version, channels, self.layout, id(self.norm),
-               None if self.norm is None else self.norm.weight._version,
+               None if self.norm is None else _version(self.norm.weight),
                None if targets.dim() == 1 else _autocast_state(weight.device.type))
         hit = scope.memo.get(key)
         if hit is not None and hit[0] is weight:  # (the entry holds the weight: its id cannot be reused)
@@ -286,7 +288,7 @@ class Guide:
         """A token of the statistics as they are now; :meth:`ran_since` tells whether a training
         forward recorded new ones since (eager: a new tensor; compiled: an in-place write)."""
         d = self.last_dropped
-        return self.runs, id(d), None if d is None else d._version
+        return self.runs, id(d), _version(d)
 
     def ran_since(self, token: tuple) -> bool:
         return token != self.mark()
@@ -296,6 +298,12 @@ class Guide:
         state = self.__dict__.copy()
         state.update(scope=None, history=collections.OrderedDict(), recent=collections.deque(maxlen=RECENT))
         return state
+
+
+def _version(t: Optional[Tensor]) -> Optional[int]:
+    """A tensor's version counter; None for none and for inference tensors (they keep none: a layer
+    that ran in train mode under torch.inference_mode leaves such statistics)."""
+    return None if t is None or t.is_inference() else t._version
 
 
 def _is_classifier(module) -> bool:

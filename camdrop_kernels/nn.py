@@ -250,17 +250,21 @@ class CamDropNd(nn.Module):
         return x
 
     def _record(self, x: torch.Tensor, dropped: torch.Tensor, rate: torch.Tensor, compiling: bool) -> None:
-        self.guide.record(dropped, rate, compiling)
+        guide = self.guide
         numel = max(1, x.numel())
         if compiling:
+            guide.record(dropped, rate, compiling)
             self._buffers["_numel"].fill_(numel)
-        elif numel != self.guide.numel:
-            # Eager: a fill costs a launch on CUDA (and a dispatcher call anywhere), so only when the
-            # size changes. (A compiled forward of the same layer cannot update this mirror; mixing
-            # compiled and eager forwards of different sizes could leave the share computed against
-            # a stale size: statistics only.)
+            return
+        # Eager: a fill costs a launch on CUDA (and a dispatcher call anywhere), so only when the
+        # size changes, or when something else wrote the statistics since the last eager forward (a
+        # compiled forward of this layer fills the buffer but cannot update the guide's mirror of
+        # the size; it leaves a new mark).
+        if numel != guide.numel or guide.mark() != guide.eager_mark:
             self._buffers["_numel"].fill_(numel)
-            self.guide.numel = numel
+            guide.numel = numel
+        guide.record(dropped, rate, compiling)
+        guide.eager_mark = guide.mark()
 
     # -- statistics ------------------------------------------------------------------------------
     @property

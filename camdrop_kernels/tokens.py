@@ -19,7 +19,8 @@ from .nn import CamDrop2d
 
 class TokenMap(nn.Module):
     """Run ``camdrop`` (a CamDrop2d) on the patch tokens of (N, L, C) tokens as an (N, C, h, w)
-    map; the first ``prefix`` tokens pass through. The identity in eval mode."""
+    map; the first ``prefix`` tokens pass through. The identity when the CamDrop layer is in eval
+    mode (its mode decides, not this wrapper's: ``label_readback`` puts only the layers in train)."""
 
     def __init__(self, camdrop: CamDrop2d, prefix: int, grid: Tuple[int, int]) -> None:
         super().__init__()
@@ -28,7 +29,7 @@ class TokenMap(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not self.training or not self.camdrop.training:
+        if not self.camdrop.training:
             return tokens
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
             raise ValueError(f"{type(self).__name__} expects (N, L, C) tokens; got "

@@ -186,9 +186,17 @@ def label_readback(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     level). A model that does not read the mask gives true_guided and wrong_guided near eval, and
     follows_wrong near eval_follows_wrong. The model's modes and rates are restored afterwards."""
     validation.check_module("model", model)
+    if drop_prob is not None:
+        drop_prob = validation.check_probability("drop_prob", drop_prob)
+    root = placement.unwrap(model)
+    for layer in camdrop_layers(model):
+        layer.guide.follow(root)  # (a replaced head: K and the guidance are the current head's, as in targets)
     layers = [m for m in camdrop_layers(model) if m.guidance == "classifier" and m.classifier is not None]
     if not layers:
         raise ValueError("the model has no classifier-guided CamDrop layers: its masks do not depend on the labels")
+    if drop_prob is None and all(layer.drop_prob == 0 for layer in layers):
+        raise ValueError("label_readback: the CamDrop layers' rate is 0 (a schedule's first step?), so nothing would be "
+                         "dropped and the check would measure nothing: pass drop_prob (e.g. the final rate)")
     K = int(layers[0].classifier.weight.shape[0])
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
         raise TypeError("labels must be class indices (N,)")
@@ -200,15 +208,24 @@ def label_readback(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         for layer in camdrop_layers(model):
             layer.train()
             if drop_prob is not None:
-                layer.drop_prob = validation.check_probability("drop_prob", drop_prob) * layer.drop_prob_scale
+                layer.drop_prob = drop_prob * layer.drop_prob_scale
 
         def predict(guide=None):
             if guide is None:
                 with _all_eval(model):
                     out = model(images)
             else:
-                with targets(model, guide):
-                    out = model(images)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="camdrop_kernels: .* did not run inside this targets")
+                    with targets(model, guide):
+                        out = model(images)
+                idle = [layer for layer in layers if layer.guide.idle]
+                if idle:  # (a measurement of nothing must not read as "no leak")
+                    names = {m: n for n, m in model.named_modules()}
+                    raise RuntimeError(
+                        f"label_readback: {len(idle)} of {len(layers)} classifier-guided CamDrop layers did not run in "
+                        f"the model's forward ({', '.join(repr(names.get(l, '?')) for l in idle[:4])}): the check "
+                        "would measure nothing. Are they on a path the forward takes in eval mode?")
             return (out[:, 0] > 0).long() if K == 1 else out.argmax(1)
 
         plain, true_guided, wrong_guided = predict(), predict(labels), predict(wrong)

@@ -110,6 +110,49 @@ def test_cpp_kernels_refuse_what_the_python_kernels_refuse(bad):
         assert all(str(e).startswith("camdrop_kernels op:") for e in errors), errors
 
 
+def _accepts(op, args) -> bool:
+    try:
+        op(*args)
+        return True
+    except ValueError as e:
+        assert "is not a valid Options.key" in str(e), e
+        return False
+
+
+@needs_cpp
+@settings(max_examples=examples(60), deadline=None)
+@given(value=st.one_of(st.floats(0.0, 1e30, allow_nan=False), st.sampled_from([0.0, -0.0, 1.0, 1e-5, 1e-4, 1e15, 1e16,
+                                                                            0.1, 2.5e-300, 5e-324, 123456789.125])),
+       spelling=st.sampled_from(["repr", "%.17g", "%e", "+repr", " repr", "repr0", "hex"]))
+def test_cpp_kernels_accept_exactly_the_keys_python_writes(value, spelling):
+    """An option key is accepted only in Python's own spelling of its numbers, by the C++ kernel as by
+    the Python and the fake kernels (a key one accepts and another refuses would run eagerly and fail
+    under torch.compile)."""
+    x, cam, alpha, seed, rate, _ = _case(0, 2, torch.float32, "contiguous", "eligible", "batch", "square")
+    text = {"repr": repr(value), "%.17g": "%.17g" % value, "%e": "%e" % value, "+repr": "+" + repr(value),
+            " repr": " " + repr(value), "repr0": repr(value) + "0", "hex": float(value).hex()}[spelling]
+    key = f"2|3|-|f0.5|square|batch|eligible|{text}"
+    python = _accepts(OPS._python_camdrop, (x, cam, alpha, seed, rate, key))
+    assert _accepts(OPS.camdrop, (x, cam, alpha, seed, rate, key)) == python
+    try:
+        canonical = repr(float(text)) == text and float(text) >= 0  # (Options.decode: the key round-trips)
+    except ValueError:
+        canonical = False
+    assert python == canonical, text
+
+
+@needs_cpp
+@pytest.mark.parametrize("key", ["2|03|-|-|square|batch|eligible|1.0", "2|+3|-|-|square|batch|eligible|1.0",
+                                 "2| 3|-|-|square|batch|eligible|1.0", "2|3|i07|-|square|batch|eligible|1.0",
+                                 "2|3|-|f0.50|square|batch|eligible|1.0", "2|3|-|-|square|batch|eligible|0x1p0",
+                                 f"2|{2**62 + 1}|-|-|square|batch|eligible|1.0", "02|3|-|-|square|batch|eligible|1.0"])
+def test_cpp_kernels_refuse_other_spellings_of_a_key(key):
+    x, cam, alpha, seed, rate, _ = _case(0, 2, torch.float32, "contiguous", "eligible", "batch", "square")
+    for op in (OPS.camdrop, OPS._python_camdrop):
+        assert not _accepts(op, (x, cam, alpha, seed, rate, key)), op
+    assert _accepts(OPS.camdrop, (x, cam, alpha, seed, rate, f"2|{2**62}|-|-|square|batch|eligible|1.0"))
+
+
 @pytest.mark.slow
 def test_the_python_kernels_serve_where_cpp_does_not():
     """With _C switched off (CAMDROP_CPP_OPS=0, as where it does not load), the autograd, op and

@@ -432,14 +432,73 @@ def test_label_readback_measures_and_restores():
     torch.manual_seed(0)
     model = ck.convert(torchvision.models.resnet18(num_classes=4), drop_prob=0.3).train()
     ck.set_drop_prob(model, 0.0)
-    x, y = torch.randn(6, 3, 96, 96), torch.tensor([0, 1, 2, 3, 0, 1])
+    x, y = torch.randn(6, 3, 128, 128), torch.tensor([0, 1, 2, 3, 0, 1])
     rates = [layer.drop_prob for layer in ck.camdrop_layers(model)]
-    out = ck.label_readback(model, x, y)  # at rate 0 the guidance changes nothing
-    assert out["true_guided"] == out["wrong_guided"] == out["eval"]
+    with pytest.raises(ValueError, match="rate is 0"):  # (it would measure nothing, and read as "no leak")
+        ck.label_readback(model, x, y)
     out = ck.label_readback(model, x, y, drop_prob=1.0)
+    stats = ck.dropped_stats(model)
+    assert len(stats) == len(rates) and all(s["ran"] for s in stats.values())
+    assert any(float(s["fraction"]) > 0 for s in stats.values())  # (a 3x3 map at block 3 may drop nothing)
     assert set(out) == {"eval", "true_guided", "wrong_guided", "follows_wrong", "eval_follows_wrong"}
     assert all(0.0 <= v <= 1.0 for v in out.values())
     assert model.training and all(m.training for m in model.modules())  # modes restored
     assert [layer.drop_prob for layer in ck.camdrop_layers(model)] == rates  # rates restored
     with pytest.raises(ValueError, match="no classifier-guided"):
         ck.label_readback(ck.convert(torchvision.models.resnet18(), guidance="self"), x, y)
+
+
+def test_label_readback_drops_on_vision_transformers():
+    """The check the convert warning points ViT users to: its token-map wrappers must drop too."""
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=4)
+    with pytest.warns(UserWarning, match="classifier guidance on a vision transformer"):
+        ck.convert(model, drop_prob=0.5, guidance="classifier")
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    ck.label_readback(model, x, y, drop_prob=1.0)
+    stats = ck.dropped_stats(model)
+    assert stats and all(s["ran"] and float(s["fraction"]) > 0 for s in stats.values())
+
+
+def test_label_readback_refuses_to_measure_layers_that_did_not_run():
+    class Unused(nn.Module):  # a classifier-guided layer the forward never reaches
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 3)
+            self.drop = ck.CamDrop2d(0.3, 3, classifier=self.fc)
+
+        def forward(self, x):
+            return self.fc(self.body(x).mean((2, 3)))
+
+    with pytest.raises(RuntimeError, match="did not run"):
+        ck.label_readback(Unused(), torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]), drop_prob=0.5)
+
+
+def test_label_readback_reads_the_current_head():
+    torch.manual_seed(0)
+    model = ck.convert(torchvision.models.resnet18(num_classes=10), drop_prob=0.3)
+    model.fc = nn.Linear(512, 3)  # fine-tuning: a new head after convert
+    out = ck.label_readback(model, torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 2]), drop_prob=0.5)
+    assert 0.0 <= out["follows_wrong"] <= 1.0
+    assert all(layer.classifier is model.fc for layer in ck.camdrop_layers(model))
+
+
+def test_a_train_mode_forward_under_inference_mode_leaves_the_layers_usable():
+    """An MC-dropout pass (train mode under torch.inference_mode) leaves inference tensors as the
+    statistics; later targets blocks, and ones opened under inference_mode, still work."""
+    torch.manual_seed(0)
+    model = ck.convert(torchvision.models.resnet18(num_classes=4), drop_prob=0.3).train()
+    self_guided = nn.Sequential(ck.CamDrop2d(0.3, 3, guidance="self")).train()
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
+    with torch.inference_mode():
+        self_guided(torch.randn(2, 8, 6, 6))
+        with ck.targets(model, y):
+            model(x)
+    assert all(s["ran"] for s in ck.dropped_stats(model).values())
+    with ck.targets(model, y):
+        model(x).sum().backward()
+    stats = ck.dropped_stats(model).values()
+    assert all(s["ran"] for s in stats) and any(float(s["fraction"]) > 0 for s in stats)
+    self_guided(torch.randn(2, 8, 6, 6))
+    assert float(self_guided[0].last_dropped_fraction) > 0

@@ -289,3 +289,16 @@ def test_targets_made_in_inference_mode_still_guide():
     with ck.targets(net, y):
         want = net(x)
     assert torch.equal(got, want)
+
+
+def test_the_dropped_share_is_right_after_compiled_and_eager_forwards_of_other_sizes():
+    """A compiled forward fills the element count the share divides by; the next eager forward of
+    another size must refill it (it cannot rely on its own record of the last size)."""
+    torch.manual_seed(0)
+    layer = ck.CamDrop2d(0.3, 3, guidance="self").train()
+    compiled = torch.compile(layer, backend="eager")
+    a, b = torch.randn(8, 16, 8, 8), torch.randn(2, 16, 8, 8)
+    for run, x in ((layer, a), (compiled, b), (layer, a), (compiled, a), (layer, b), (layer, b)):
+        run(x)
+        want = layer.last_dropped.sum().to(torch.float32) / float(x.numel())
+        assert float(layer.last_dropped_fraction) == float(want) > 0

@@ -128,3 +128,12 @@ def test_token_layer_refuses_a_grid_it_cannot_tell():
     tm(torch.randn(2, 1 + 25, 8))  # a square one (dynamic image sizes)
     with pytest.raises(ValueError, match="do not fill the 4x4 grid"):
         tm(torch.randn(2, 1 + 15, 8))
+
+
+def test_a_named_classifier_asks_for_classifier_guidance_on_a_vit():
+    from timm.models.vision_transformer import VisionTransformer
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=4)
+    with pytest.warns(UserWarning, match="classifier guidance on a vision transformer"):
+        ck.convert(model, drop_prob=0.2, classifier=model.head)
+    layers = ck.camdrop_layers(model)
+    assert layers and all(layer.guidance == "classifier" and layer.classifier is model.head for layer in layers)

@@ -25,6 +25,8 @@
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
+#include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -55,6 +57,8 @@ thread_local bool python_kernels = false; // a backend override is active in thi
 // -- options: Options.key of camdrop_kernels/options.py ----------------------------------------
 // "rank|block_size|top_pixels|top_channels|block_shape|normalize|gamma_mode|gamma_scale", a top
 // count as "-" (default), "i<int>" or "f<float>".
+constexpr long long kBlockSizeLimit = 1LL << 62; // options.BLOCK_SIZE_LIMIT: Python caps block sizes there
+
 struct Top {
     char kind; // '-', 'i' or 'f'
     long long count;
@@ -70,19 +74,50 @@ struct Options {
     double gamma_scale;
 };
 
+// The key is accepted only in the spelling Python writes ("%r" of its numbers), so that this
+// kernel, the Python kernels and the fake (meta) kernels accept exactly the same keys: an int with
+// no sign, spaces or leading zeros; a float as Python's repr (the shortest round-trip digits, fixed
+// notation for decimal exponents in (-4, 16], else d.ddde+XX).
 bool parse_int(const std::string &s, long long *out) {
-    if (s.empty()) return false;
+    if (s.empty() || s.size() > 19) return false;
     char *end = nullptr;
     errno = 0;
     *out = std::strtoll(s.c_str(), &end, 10);
-    return errno == 0 && end == s.c_str() + s.size();
+    return errno == 0 && end == s.c_str() + s.size() && std::to_string(*out) == s;
+}
+
+std::string python_repr(double v) {
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific); // shortest round trip
+    std::string sci(buf, r.ptr);                                                       // [-]d[.ddd]e(+|-)XX
+    std::string sign;
+    if (!sci.empty() && sci[0] == '-') {
+        sign = "-";
+        sci.erase(0, 1);
+    }
+    const size_t e = sci.find('e');
+    if (e == std::string::npos) return sign + sci; // inf, nan
+    std::string digits = sci.substr(0, e);
+    if (digits.size() > 1) digits.erase(1, 1); // the '.'
+    const int exponent = std::atoi(sci.c_str() + e + 1);
+    const int decpt = exponent + 1; // value = 0.digits * 10**decpt
+    const int n = (int)digits.size();
+    if (decpt <= -4 || decpt > 16) {
+        std::string mantissa = digits.substr(0, 1) + (n > 1 ? "." + digits.substr(1) : "");
+        std::string exp = std::to_string(exponent < 0 ? -exponent : exponent);
+        if (exp.size() < 2) exp = "0" + exp;
+        return sign + mantissa + (exponent < 0 ? "e-" : "e+") + exp;
+    }
+    if (decpt <= 0) return sign + "0." + std::string(-decpt, '0') + digits;
+    if (decpt < n) return sign + digits.substr(0, decpt) + "." + digits.substr(decpt);
+    return sign + digits + std::string(decpt - n, '0') + ".0";
 }
 
 bool parse_float(const std::string &s, double *out) {
-    if (s.empty()) return false;
+    if (s.empty() || s.size() > 40) return false;
     char *end = nullptr;
     *out = std::strtod(s.c_str(), &end);
-    return end == s.c_str() + s.size();
+    return end == s.c_str() + s.size() && python_repr(*out) == s;
 }
 
 bool parse_top(const std::string &s, Top *t) {
@@ -113,7 +148,7 @@ Options decode(c10::string_view key_view) {
     Options o{};
     long long rank = 0;
     bool ok = n == 8 && parse_int(parts[0], &rank) && rank >= 1 && rank <= 3 && parse_int(parts[1], &o.block_size) &&
-              o.block_size >= 1 && parse_top(parts[2], &o.pixels) && parse_top(parts[3], &o.channels) &&
+              o.block_size >= 1 && o.block_size <= kBlockSizeLimit && parse_top(parts[2], &o.pixels) && parse_top(parts[3], &o.channels) &&
               (parts[4] == "square" || parts[4] == "diamond") &&
               (parts[5] == "batch" || parts[5] == "sample" || parts[5] == "none") &&
               (parts[6] == "eligible" || parts[6] == "dropblock") && parse_float(parts[7], &o.gamma_scale) &&
