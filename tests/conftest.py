@@ -11,6 +11,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    import gpu_order  # noqa: E402  (scans, reductions and stores in a GPU's order: see its docstring)
+
+    gpu_order.install()
 
 from camdrop_kernels import backends  # noqa: E402
 

@@ -115,6 +115,20 @@ def test_every_pixel_and_channel_on_top():
     check(x, cam, alpha, drop_prob=1.0, block_size=3, top_pixels=1.0, top_channels=1.0)
 
 
+@pytest.mark.parametrize("shape,block_size,top_pixels", [("diamond", 3, 14), ("diamond", 5, 11), ("square", 1, 13),
+                                                          ("square", 3, 6)])
+def test_runs_of_a_top_pixel_list_shorter_than_its_lanes(shape, block_size, top_pixels):
+    """Every seed fires (rate 1), the list of top pixels is not a power of two long (lanes past its
+    end), and runs start at the seed (a diamond's middle run, width-1 squares): the lanes past the
+    end must not join the segmented OR of the real ones. On a GPU the scan is a tree and a store
+    from two lanes to one word is a race: conftest's gpu_order makes the interpreter scan in a tree
+    and fail such a store; the sequential interpreter alone passes the broken kernel."""
+    for seed in range(3):
+        x, cam, alpha = randn(4, 8, 7, 7, seed=seed), randn(4, 7, 7, seed=seed + 10), randn(4, 8, seed=seed + 20)
+        check(x, cam, alpha, drop_prob=1.0, block_size=block_size, top_pixels=top_pixels, block_shape=shape,
+              seed=seed)
+
+
 def test_runs_wider_than_a_word():
     """A run of 35 bits spans up to three words (the general run path); diamonds too."""
     x, cam, alpha = randn(2, 3, 40), randn(2, 40, seed=1), randn(2, 3, seed=2)
@@ -325,6 +339,29 @@ def test_plans_are_cached_and_state_words_are_padded_with_zeros():
     assert int(padding.abs().sum()) == 0
     assert torch.equal(out[3].cpu(), state.dense_mask(out[0], out[1], (7, 7)).reshape(2, -1).sum(1).cpu())
     assert math.isclose(float(out[2][0]), float(out[2][1]))  # one batch scale
+
+
+def test_the_finish_plan_is_kept_per_scale_type():
+    """The finish kernel's compiled pointer types follow the scale (float64 for float64 x): a plan
+    kept for one must not serve the other (its stores would be 4 bytes wide for 8, or 8 for 4)."""
+    shape = (3, 5, 7, 7)
+    dropped = torch.zeros(3, dtype=torch.int64, device=DEVICE)
+    plans = {dtype: tb().finish_launch(shape, dropped, torch.empty(3, dtype=dtype, device=DEVICE))[0]
+             for dtype in (torch.float32, torch.float64)}
+    assert plans[torch.float32] is not plans[torch.float64]
+    assert tb().finish_launch(shape, dropped, torch.empty(3, device=DEVICE))[0] is plans[torch.float32]
+    x = randn(*shape, dtype=torch.float64)
+    opts = Options.get(2, 3, None, 2, "square", "batch", "eligible", 1.0)
+    for dtype in (torch.float32, torch.float64, torch.float32):  # each after the other: built_state's scale
+        check_state(x.to(dtype), randn(3, 7, 7, seed=1), randn(3, 5, seed=2), opts)
+
+
+def test_maps_beyond_the_state_kernels_offsets_are_refused_by_name():
+    N, C, S = 1, 4096, (128, 128, 128)
+    opts = Options.get(3, 65, None, 1.0, "diamond", "batch", "eligible", 1.0)
+    cam, alpha = torch.zeros(N, *S), torch.zeros(N, C)
+    with pytest.raises(ValueError, match="32-bit offsets.*backend='torch'"):
+        tb().state_plan(opts, (N, C, *S), cam, alpha, False, False)
 
 
 def test_an_empty_hook_chain_is_no_hook():

@@ -152,6 +152,13 @@ def state_plan(opts: Options, shape, cam: torch.Tensor, alpha: torch.Tensor, see
     m_hw, s_hw = magic(H * W)
     m_words, s_words = magic(geo.words)
     ws_stride = cdiv(n + nc + nh * wpr * nc * hs_stride, 4) * 4
+    if ws_stride >= 2**31 or P >= 2**31:
+        # The kernel addresses a sample's pixels and scratch words with int32 offsets (copies,
+        # zeroing, dilation): refuse what they cannot reach rather than wrap around.
+        raise ValueError(f"the Triton state kernel addresses a sample's {P} pixels and {ws_stride} words of scratch "
+                         "(block copies x top channels) with 32-bit offsets, and this map, block and channel count "
+                         "exceed 2**31: run it with backend='torch' (the same results, slower), or a smaller "
+                         "block or top_channels")
     single = P <= KEYS_BLOCK and C <= KEYS_BLOCK
     flags = ((ELIGIBLE.value if eligible else 0) | (P_FROM_PTR.value if p_on_device else 0)
              | (SEED_FROM_PTR.value if seed_on_device else 0) | (DIAMOND.value if diamond else 0)
@@ -226,7 +233,9 @@ def state_launch(x, cam, alpha, seed, drop_prob, opts: Options, out, seed_on_dev
 def finish_launch(shape, dropped, scale):
     """(plan, arguments, device index) of the one-program batch-scale launch."""
     index = dropped.get_device()
-    key = tuple(shape)
+    # (the pointers' element types and alignment are compiled into the kernel the plan keeps: the
+    # scale is float64 for float64 x, float32 otherwise)
+    key = (tuple(shape), dropped.dtype, scale.dtype, dropped.data_ptr() % 16 == 0, scale.data_ptr() % 16 == 0)
     plan = FINISH_PLANS.get(key)
     if plan is None:
         if len(FINISH_PLANS) >= 1024:

@@ -410,8 +410,11 @@ def state_kernel(
                 width = tl.where(diamond, 2 * k + 1, rw)
                 start = ps - off  # flat in the plane; >= 0 for a valid seed (never negative-shifted)
                 w0 = start >> 5
-                end = (last | (((pn - off) >> 5) != w0))[None, :] & j_ok[:, None]
-                key = w0[None, :] + tl.zeros([PB, SB], tl.int32)
+                # Lanes past the list (s >= n_pix: the block is a power of two) never store, and
+                # their key is the largest, so the keys stay non-decreasing along the lanes: the
+                # segmented OR is associative only then, and a GPU scans in a tree, not in order.
+                end = (last | (((pn - off) >> 5) != w0))[None, :] & j_ok[:, None] & s_in[None, :]
+                key = tl.where(s_in, w0, 2147483647)[None, :] + tl.zeros([PB, SB], tl.int32)
                 for t in tl.static_range(0, WPR, 2):
                     pat = tl.where(fire, _run_pair(start & 31, width, t)[None, :], 0)
                     v, _k = tl.associative_scan((pat, key), 1, _seg_or)
