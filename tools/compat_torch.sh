@@ -7,7 +7,10 @@
 # The venv lives in ~/.cache/camdrop_kernels/venv-torch-VERSION and is reused. torch's wheel from
 # PyPI is a CUDA build (about 3 GB with the NVIDIA libraries it imports); the CUDA tests skip
 # here. The project runs from the source tree (PYTHONPATH): the native .so does not depend on
-# torch, so the one built for this Python serves. Triton kernels run in its interpreter.
+# torch, so the one built for this Python serves; the C++ op kernels (_C) do: built for another
+# torch they do not load (a warning; the Python kernels serve). To test _C under this torch, run
+# from a separate worktree after "$VENV/bin/python setup.py build_ext --inplace" there (the line
+# below prints which serves). Triton kernels run in its interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION="${1:-2.11.0}"
@@ -27,6 +30,7 @@ PY
 )
   [ -n "$TV" ] && "$VENV/bin/pip" install -q --no-deps "torchvision==$TV" || true
 fi
-[ -f camdrop_kernels/_native*.so ] || python3 setup.py build_ext --inplace -q
-"$VENV/bin/python" -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__)"
+compgen -G "camdrop_kernels/_native.*.so" > /dev/null || python3 setup.py build_ext --inplace -q
+PYTHONPATH="$PWD" "$VENV/bin/python" -W ignore -c "import torch, triton; from camdrop_kernels import cpp; \
+print('torch', torch.__version__, '| triton', triton.__version__, '| C++ op kernels:', 'loaded' if cpp.C else 'not loaded')"
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${@:-tests}"
