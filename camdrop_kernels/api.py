@@ -35,14 +35,8 @@ def camdrop(x: Tensor, cam: Tensor, alpha: Tensor, drop_prob: float = 0.1, block
     an empty x. The same integer ``seed`` gives the same mask on every backend and device.
     Gradients flow to x only (cam and alpha are constants).
     """
-    if has_torch_function_variadic(x, cam, alpha):
-        return handle_torch_function(
-            camdrop, (x, cam, alpha), x, cam, alpha, drop_prob, block_size, top_pixels=top_pixels,
-            top_channels=top_channels, block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode,
-            gamma_scale=gamma_scale, seed=seed, generator=generator, training=training, inplace=inplace,
-            backend=backend)
-    return _camdrop(2, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,
-                    gamma_mode, gamma_scale, seed, generator, training, inplace, backend)
+    return _camdrop(camdrop, 2, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape,
+                    normalize, gamma_mode, gamma_scale, seed, generator, training, inplace, backend)
 
 
 def camdrop1d(x: Tensor, cam: Tensor, alpha: Tensor, drop_prob: float = 0.1, block_size: int = 7, *,
@@ -51,14 +45,8 @@ def camdrop1d(x: Tensor, cam: Tensor, alpha: Tensor, drop_prob: float = 0.1, blo
               seed: Optional[int] = None, generator: Optional[torch.Generator] = None, training: bool = True,
               inplace: bool = False, backend: str = "auto") -> Tensor:
     """CamDrop on 1-D maps (sequences, audio, time series): x (N, C, L), cam (N, L). See :func:`camdrop`."""
-    if has_torch_function_variadic(x, cam, alpha):
-        return handle_torch_function(
-            camdrop1d, (x, cam, alpha), x, cam, alpha, drop_prob, block_size, top_pixels=top_pixels,
-            top_channels=top_channels, block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode,
-            gamma_scale=gamma_scale, seed=seed, generator=generator, training=training, inplace=inplace,
-            backend=backend)
-    return _camdrop(1, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,
-                    gamma_mode, gamma_scale, seed, generator, training, inplace, backend)
+    return _camdrop(camdrop1d, 1, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape,
+                    normalize, gamma_mode, gamma_scale, seed, generator, training, inplace, backend)
 
 
 def camdrop3d(x: Tensor, cam: Tensor, alpha: Tensor, drop_prob: float = 0.1, block_size: int = 7, *,
@@ -67,14 +55,8 @@ def camdrop3d(x: Tensor, cam: Tensor, alpha: Tensor, drop_prob: float = 0.1, blo
               seed: Optional[int] = None, generator: Optional[torch.Generator] = None, training: bool = True,
               inplace: bool = False, backend: str = "auto") -> Tensor:
     """CamDrop on 3-D maps (video, volumes): x (N, C, D, H, W), cam (N, D, H, W). See :func:`camdrop`."""
-    if has_torch_function_variadic(x, cam, alpha):
-        return handle_torch_function(
-            camdrop3d, (x, cam, alpha), x, cam, alpha, drop_prob, block_size, top_pixels=top_pixels,
-            top_channels=top_channels, block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode,
-            gamma_scale=gamma_scale, seed=seed, generator=generator, training=training, inplace=inplace,
-            backend=backend)
-    return _camdrop(3, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,
-                    gamma_mode, gamma_scale, seed, generator, training, inplace, backend)
+    return _camdrop(camdrop3d, 3, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape,
+                    normalize, gamma_mode, gamma_scale, seed, generator, training, inplace, backend)
 
 
 def camdrop_mask(x: Tensor, cam: Tensor, alpha: Tensor, drop_prob: float = 0.1, block_size: int = 7, *,
@@ -144,8 +126,14 @@ def _rate(p: float) -> Tensor:
     return rate_tensor(p)
 
 
-def _camdrop(rank, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,
+def _camdrop(public, rank, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels, block_shape, normalize,
              gamma_mode, gamma_scale, seed, generator, training, inplace, backend) -> Tensor:
+    if has_torch_function_variadic(x, cam, alpha):  # (torch.fx proxies, tensor subclasses: one call of ``public``)
+        return handle_torch_function(
+            public, (x, cam, alpha), x, cam, alpha, drop_prob, block_size, top_pixels=top_pixels,
+            top_channels=top_channels, block_shape=block_shape, normalize=normalize, gamma_mode=gamma_mode,
+            gamma_scale=gamma_scale, seed=seed, generator=generator, training=training, inplace=inplace,
+            backend=backend)
     cam, opts, p, seed, generator = _checked(rank, x, cam, alpha, drop_prob, block_size, top_pixels, top_channels,
                                              block_shape, normalize, gamma_mode, gamma_scale, seed, generator,
                                              backend)
