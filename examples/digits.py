@@ -59,6 +59,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import camdrop_kernels as ck  # noqa: E402
+from evidence import SmallCNN, accuracy, mean_sd, paired  # noqa: E402  (the same network and statistics)
 from regularizers import DropBlock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,27 +232,6 @@ def saturated(model: nn.Module) -> Optional[float]:
 
 
 # -- model -----------------------------------------------------------------------------------------
-class SmallCNN(nn.Module):
-    """conv-BN-ReLU (16) -> pool -> (32) -> pool -> (64) -> regulariser -> global average pool -> linear
-    (``evidence.py``'s network): an 8x8x64 map from a 32x32 input. Building the regulariser draws no
-    random numbers, so one seed gives every configuration the same initial weights."""
-
-    def __init__(self, classes: int, regularizer: Optional[Callable[[nn.Linear], nn.Module]] = None,
-                 widths: Sequence[int] = (16, 32, 64)) -> None:
-        super().__init__()
-        a, b, c = widths
-        self.body = nn.Sequential(
-            nn.Conv2d(1, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(b, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-        )
-        self.fc = nn.Linear(c, classes)
-        self.reg = regularizer(self.fc) if regularizer is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.reg(self.body(x)).mean((2, 3)))
-
-
 @dataclass
 class Config:
     label: str
@@ -288,13 +268,6 @@ def _guided(model: SmallCNN, labels: torch.Tensor):
 
 
 # -- training ---------------------------------------------------------------------------------------
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
-    model.eval()
-    correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    return correct / len(x)
-
-
 @torch.no_grad()
 def share_at_final_rate(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, rate: float,
                         seed: int) -> Tuple[float, Optional[float]]:
@@ -356,29 +329,6 @@ def train_and_evaluate(name: str, seed: int, data: Digits, args: argparse.Namesp
 
 
 # -- statistics -------------------------------------------------------------------------------------
-def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, sd
-
-
-def paired(values: Sequence[float], baseline: Sequence[float]) -> dict:
-    """Paired differences values - baseline: mean, sd, t and the two-sided p of Student's t with
-    n - 1 degrees of freedom (scipy, which scikit-learn brings); p is None with < 2 pairs or when
-    every difference is 0."""
-    from scipy.stats import t as student
-
-    diffs = [v - b for v, b in zip(values, baseline)]
-    mean, sd = mean_sd(diffs)
-    n = len(diffs)
-    if n < 2 or (sd == 0.0 and mean == 0.0):
-        return {"mean": mean, "sd": sd, "t": None, "p": None, "n": n}
-    t = mean / (sd / math.sqrt(n)) if sd > 0 else math.copysign(math.inf, mean)
-    p = 0.0 if math.isinf(t) else float(2 * student.sf(abs(t), n - 1))
-    return {"mean": mean, "sd": sd, "t": t if math.isfinite(t) else None, "p": p, "n": n}
-
-
 def summarise(runs: Dict[str, List[dict]]) -> Dict[str, dict]:
     baseline = runs.get("none")
     summary = {}
