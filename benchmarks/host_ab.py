@@ -5,6 +5,7 @@ import json, sys, time, statistics
 import torch, torch.nn.functional as F
 torch.set_num_threads(1)
 import camdrop_kernels as ck
+from stage import bound_layer_rounds  # (this script's folder is on sys.path)
 
 def rounds(fns, reps, inner):
     ts = {k: [] for k in fns}
@@ -31,41 +32,14 @@ ts = rounds({"dropout": lambda: d(xg).backward(dy), "camdrop": lambda: ck.camdro
 out["tiny_fwd_bwd_us"] = {k: statistics.median(v) * 1e6 for k, v in ts.items()}
 out["tiny_fwd_bwd_ratio"] = ratio(ts, "camdrop", "dropout")
 
-class Stage(torch.nn.Module):
-    def __init__(self, kind, channels=64, layers=9):
-        super().__init__()
-        self.kind = kind
-        self.fc = torch.nn.Linear(channels, 10)
-        if kind == "camdrop":
-            self.drops = torch.nn.ModuleList(ck.CamDrop2d(0.1, 3, classifier=self.fc) for _ in range(layers))
-        elif kind == "dropout":
-            self.drops = torch.nn.ModuleList(torch.nn.Dropout(0.1) for _ in range(layers))
-        else:
-            self.drops = [lambda t: t] * layers
-    def forward(self, t):
-        for m in self.drops: t = m(t)
-        return self.fc(t.mean((2, 3)))
-
 for shape in [(8, 64, 7, 7), (2, 16, 8, 8)]:
     xs = torch.randn(*shape, generator=g).requires_grad_()
     labels = torch.randint(0, 10, (shape[0],), generator=g)
-    steps = {}
-    for kind in ("identity", "dropout", "camdrop"):
-        torch.manual_seed(0)
-        m = Stage(kind, channels=shape[1]).train()
-        def step(m=m, kind=kind):
-            if kind == "camdrop":
-                with ck.targets(m, labels):
-                    o = m(xs)
-            else:
-                o = m(xs)
-            o.sum().backward()
-        steps[kind] = step
-    ts = rounds(steps, 40, 10)
-    per = {k: [(a - b) / 9 * 1e6 for a, b in zip(ts[k], ts["identity"])] for k in ("dropout", "camdrop")}
+    per = bound_layer_rounds(xs, labels, 40, inner=10, warm=30)  # (benchmarks/stage.py's nine-layer model)
     key = "x".join(map(str, shape))
-    out[f"bound_{key}_us_per_layer"] = {k: statistics.median(v) for k, v in per.items()}
-    out[f"bound_{key}_ratio"] = statistics.median([c / d for c, d in zip(per["camdrop"], per["dropout"])])
+    out[f"bound_{key}_us_per_layer"] = {k.split()[0]: statistics.median(v) for k, v in per.items()}
+    out[f"bound_{key}_ratio"] = statistics.median([c / d for c, d in zip(per["camdrop layers"],
+                                                                         per["dropout layers"])])
 
 torch.set_num_threads(2)
 xb = torch.randn(16, 256, 28, 28, generator=g); camb = torch.randn(16, 28, 28, generator=g); ab = torch.randn(16, 256, generator=g)

@@ -91,42 +91,17 @@ def main(reps: int, threads: int) -> dict:
 def bound_layers(reps: int) -> dict:
     """Host cost per layer of a training forward+backward, one thread, tiny maps: nine bound
     CamDrop2d layers against nine nn.Dropout layers, each net of nine identity layers, in
-    interleaved rounds (test_training_step.Stage's model)."""
+    interleaved rounds (benchmarks/stage.py's model)."""
     sys.path.insert(0, __file__.rpartition("/")[0])
     try:
-        from stage import Stage
+        from stage import bound_layer_rounds
     finally:
         sys.path.pop(0)  # (a path left behind would make "conftest" mean benchmarks/conftest.py)
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(8, 64, 7, 7, generator=g).requires_grad_()
     labels = torch.randint(0, 10, (8,), generator=g)
-    steps = {}
-    for kind in ("identity layers", "dropout layers", "camdrop layers"):
-        torch.manual_seed(0)
-        model = Stage(kind).train()
-
-        def step(model=model, kind=kind):
-            if kind == "camdrop layers":
-                with ck.targets(model, labels):
-                    out = model(x)
-            else:
-                out = model(x)
-            out.sum().backward()
-
-        steps[kind] = step
-    ts = {k: [] for k in steps}
-    for f in steps.values():
-        for _ in range(20):
-            f()
-    for _ in range(reps):
-        for k, f in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(10):
-                f()
-            ts[k].append((time.perf_counter() - t0) / 10)
-    per_layer = {k: [(a - b) / 9 * 1e6 for a, b in zip(ts[k], ts["identity layers"])] for k in ("dropout layers",
-                                                                                                  "camdrop layers")}
+    per_layer = bound_layer_rounds(x, labels, reps)
     ratio = sorted(c / d for c, d in zip(per_layer["camdrop layers"], per_layer["dropout layers"]))[reps // 2]
     med = {k: sorted(v)[reps // 2] for k, v in per_layer.items()}
     print(f"bound layers, host us per layer per step (net of identity layers), 1 thread: camdrop "

@@ -27,3 +27,38 @@ class Stage(torch.nn.Module):
         for drop in self.drops:
             x = drop(x)
         return self.fc(x.mean((2, 3)))
+
+
+def bound_layer_rounds(x: torch.Tensor, labels: torch.Tensor, reps: int, inner: int = 10,
+                       warm: int = 20) -> dict:
+    """Host microseconds per layer of a training step (forward + backward) on ``x``: nine bound
+    CamDrop2d layers ("camdrop layers") and nine nn.Dropout layers ("dropout layers"), each net of
+    nine identity layers; one value per round of ``reps`` interleaved rounds of ``inner`` steps."""
+    import time
+
+    steps = {}
+    for kind in ("identity layers", "dropout layers", "camdrop layers"):
+        torch.manual_seed(0)
+        model = Stage(kind, channels=x.shape[1]).train()
+
+        def step(model=model, kind=kind):
+            if kind == "camdrop layers":
+                with ck.targets(model, labels):
+                    out = model(x)
+            else:
+                out = model(x)
+            out.sum().backward()
+
+        steps[kind] = step
+    ts = {k: [] for k in steps}
+    for f in steps.values():
+        for _ in range(warm):
+            f()
+    for _ in range(reps):
+        for k, f in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            ts[k].append((time.perf_counter() - t0) / inner)
+    return {k: [(a - b) / 9 * 1e6 for a, b in zip(ts[k], ts["identity layers"])]
+            for k in ("dropout layers", "camdrop layers")}
