@@ -34,6 +34,10 @@ the ramp), paired differences to "none" and between regularisers with two-sided 
 
     python examples/digits.py                        # the full run: 5 seeds, 25 trainings, minutes on 2 cores
     python examples/digits.py --quick --out /tmp/q   # a smoke run (seconds)
+
+A confirmatory run names fresh seeds and its primary contrasts before it starts (``--first-seed``,
+``--primary A:B``, on the discriminative patch): the report then gives those contrasts' 95%
+intervals and Holm-adjusted p over the declared family (examples/results/digits_confirmatory_plan.md).
 """
 from __future__ import annotations
 
@@ -59,7 +63,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import camdrop_kernels as ck  # noqa: E402
-from evidence import SmallCNN, accuracy, mean_sd, paired  # noqa: E402  (the same network and statistics)
+from evidence import SmallCNN, accuracy, mean_sd, paired, t_test_p  # noqa: E402  (the same network and statistics)
 from regularizers import DropBlock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,6 +356,39 @@ def contrasts(runs: Dict[str, List[dict]]) -> List[dict]:
             for a, b in CONTRASTS if a in runs and b in runs]
 
 
+def holm(ps: Sequence[Optional[float]]) -> List[Optional[float]]:
+    """Holm's step-down adjustment of a family of p-values (None stays None and counts as 1)."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: 1.0 if ps[i] is None else ps[i])
+    adjusted: List[Optional[float]] = [None] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        if ps[i] is None:
+            continue
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def t_quantile(level: float, df: int) -> float:
+    """The two-sided ``level`` point of Student's t (t with p = 1 - level), by bisection on t_test_p."""
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_test_p(mid, df) > 1 - level else (lo, mid)
+    return (lo + hi) / 2
+
+
+def primary_family(runs: Dict[str, List[dict]], declared: Sequence[Tuple[str, str]],
+                   key: str = "discriminative") -> List[dict]:
+    """The declared contrasts on ``key``: paired difference, its 95% interval, raw and Holm p."""
+    rows = [{"a": a, "b": b, **paired([r[key] for r in runs[a]], [r[key] for r in runs[b]])} for a, b in declared]
+    for row, adjusted in zip(rows, holm([row["p"] for row in rows])):
+        half = t_quantile(0.95, row["n"] - 1) * row["sd"] / math.sqrt(row["n"]) if row["n"] > 1 else math.nan
+        row.update(holm=adjusted, low=row["mean"] - half, high=row["mean"] + half, key=key)
+    return rows
+
+
 # -- report ------------------------------------------------------------------------------------------
 def _pct(stat: dict) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['sd']:.1f}"
@@ -365,11 +402,12 @@ def _diff(diff: Optional[dict]) -> str:
 
 
 def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Sequence[dict],
-             linear: Dict[str, dict], changed: Dict[str, float]) -> str:
+             linear: Dict[str, dict], changed: Dict[str, float], primary: Sequence[dict] = ()) -> str:
     seeds = settings["seeds"]
+    shown_seeds = "" if seeds == list(range(len(seeds))) else f" (seeds {seeds[0]}-{seeds[-1]})"
     n_tests = sum(1 for e in summary.values() for k in OCCLUSIONS if f"{k}_vs_none" in e) + len(pairs) * len(OCCLUSIONS)
     lines = [
-        f"### CamDrop on scikit-learn digits, {len(seeds)} paired seed{'s' * (len(seeds) != 1)}",
+        f"### CamDrop on scikit-learn digits, {len(seeds)} paired seed{'s' * (len(seeds) != 1)}{shown_seeds}",
         "",
         f"{settings['train_size']} training digits (stratified), {settings['test_count']} test digits, upsampled "
         f"8x8 -> {settings['size']}x{settings['size']}; {settings['epochs']} epochs, no augmentation; regulariser on "
@@ -396,6 +434,16 @@ def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Seq
         for pair in pairs:
             lines.append(f"| {summary[pair['a']]['short']} − {summary[pair['b']]['short']} | "
                          + " | ".join(_diff(pair[k]) for k in OCCLUSIONS) + " |")
+    if primary:
+        lines += ["", f"Declared primary contrasts ({OCCLUSION_LABELS[primary[0]['key']]}; named before the run, "
+                  f"Holm's adjustment over these {len(primary)}):", "",
+                  "| primary contrast A − B | Δ (points) | 95% interval | p | Holm p |", "| --- | --- | --- | --- | --- |"]
+        for row in primary:
+            short = {name: summary[name]["short"] for name in (row["a"], row["b"])}
+            p = "n/a" if row["p"] is None else f"{row['p']:.4f}"
+            adj = "n/a" if row["holm"] is None else f"{row['holm']:.4f}"
+            lines.append(f"| {short[row['a']]} − {short[row['b']]} | {100 * row['mean']:+.2f} | "
+                         f"[{100 * row['low']:+.2f}, {100 * row['high']:+.2f}] | {p} | {adj} |")
     lines += [
         "",
         f"{n_tests} paired tests in these tables: at p < 0.05 about {0.05 * n_tests:.1f} would come out "
@@ -419,7 +467,10 @@ def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Seq
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=5, help="paired seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=5, help="how many paired seeds (first-seed .. first-seed + N - 1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (a confirmatory run takes fresh ones)")
+    parser.add_argument("--primary", nargs="+", default=[], metavar="A:B",
+                        help="declared primary contrasts on the discriminative patch, e.g. camdrop:none (Holm-adjusted)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--train-size", type=int, default=1000, help="training digits per seed (stratified)")
     parser.add_argument("--test-size", type=int, default=None, help="test digits (default: all the others)")
@@ -451,6 +502,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--size must be a multiple of 4 and give a map of at least --block-size; got {args.size}")
     if "none" not in args.configs:
         args.configs.insert(0, "none")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0; got {args.first_seed}")
+    primary = []
+    for item in args.primary:
+        a, sep, b = item.partition(":")
+        if not sep or a not in args.configs or b not in args.configs or a == b:
+            parser.error(f"--primary takes A:B with two different configurations among {args.configs}; got {item!r}")
+        primary.append((a, b))
+    args.primary = primary
     shown = list(sys.argv[1:] if argv is None else argv)
     args.command = " ".join(["python examples/digits.py", *shown])
     return args
@@ -478,13 +538,17 @@ def run_job(job: Tuple[int, str], args: argparse.Namespace) -> Tuple[int, str, d
 def _jobs(args: argparse.Namespace):
     """Every (seed, configuration), in ``args.workers`` spawned workers when > 1. Every run seeds
     itself, so neither the worker nor the order changes its numbers."""
-    jobs = [(seed, name) for seed in range(args.seeds) for name in args.configs]
+    jobs = [(seed, name) for seed in _seeds(args) for name in args.configs]
     if args.workers <= 1:
         yield from (run_job(job, args) for job in jobs)
         return
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.workers) as pool:
         yield from pool.imap_unordered(functools.partial(run_job, args=args), jobs)
+
+
+def _seeds(args: argparse.Namespace) -> List[int]:
+    return list(range(args.first_seed, args.first_seed + args.seeds))
 
 
 def _outputs(out: Path) -> Tuple[Path, Path]:
@@ -512,12 +576,13 @@ def run(args: argparse.Namespace) -> dict:
     runtime = {"wall_seconds": time.perf_counter() - wall,
                "cpu_seconds": sum(r["cpu_seconds"] for results in ordered.values() for r in results),
                "process_cpu_seconds": me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime}
-    data = [_seed_data(s, args.train_size, args.test_size, args.patch) for s in range(args.seeds)]
+    seeds = _seeds(args)
+    data = [_seed_data(s, args.train_size, args.test_size, args.patch) for s in seeds]
     settings = {key: _shown(value) for key, value in vars(args).items()}
-    settings["seeds"] = list(range(args.seeds))
+    settings["seeds"] = seeds
     settings["test_count"] = len(data[0].test_y)
     settings["package"] = _shown(Path(ck.__file__).parent)  # which camdrop_kernels ran (a checkout or an install)
-    per_seed = [describe(s, d) for s, d in enumerate(data)]
+    per_seed = [describe(s, d) for s, d in zip(seeds, data)]
     report = analyse(settings, runtime, ordered, per_seed)
     write(report, args.out)
     return report
@@ -528,8 +593,10 @@ def analyse(settings: dict, runtime: dict, runs: Dict[str, List[dict]], per_seed
     pairs = contrasts(runs)
     linear = {k: dict(zip(("mean", "sd"), mean_sd([s["linear"][k] for s in per_seed]))) for k in OCCLUSIONS}
     changed = {k: mean_sd([s["changed"][k] for s in per_seed])[0] for k in OCCLUSIONS if k != "clean"}
-    return {"settings": settings, "runtime": runtime, "summary": summary, "contrasts": pairs, "runs": runs,
-            "data": per_seed, "markdown": markdown(summary, settings, runtime, pairs, linear, changed)}
+    primary = primary_family(runs, [tuple(pair) for pair in settings.get("primary", ())])
+    return {"settings": settings, "runtime": runtime, "summary": summary, "contrasts": pairs, "primary": primary,
+            "runs": runs, "data": per_seed,
+            "markdown": markdown(summary, settings, runtime, pairs, linear, changed, primary)}
 
 
 def write(report: dict, out: Path) -> None:

@@ -19,12 +19,14 @@ import digits  # noqa: E402
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """``--quick``: 2 seeds x 5 configurations, 2 epochs of 200 digits, in this process."""
+    """``--quick``: 2 seeds (3 and 4) x 5 configurations, 2 epochs of 200 digits, in this process, with
+    two declared primary contrasts."""
     out = tmp_path_factory.mktemp("digits") / "fresh"  # (absent: the run creates it)
     state, threads = torch.get_rng_state(), torch.get_num_threads()
     try:
         # one thread: on shared cores two threads of a tiny network mostly wait for each other
-        assert digits.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
+        assert digits.main(["--quick", "--out", str(out), "--threads", "1", "--first-seed", "3",
+                            "--primary", "camdrop:none", "camdrop_self:dropblock"]) == 0
     finally:
         torch.set_rng_state(state)
         torch.set_num_threads(threads)
@@ -46,7 +48,32 @@ def test_digits_quick_writes_table_and_json(quick):
             if name != "none":
                 assert entry[f"{key}_vs_none"]["n"] == 2
     assert "| CamDrop (classifier) − DropBlock |" in table and "Runtime:" in table
-    assert report["settings"]["seeds"] == [0, 1] and report["settings"]["test_count"] == 200
+    assert report["settings"]["seeds"] == [3, 4] and report["settings"]["test_count"] == 200
+    assert [d["seed"] for d in report["data"]] == [3, 4] and "2 paired seeds (seeds 3-4)" in table
+    # the declared family: the same paired differences as the tables, Holm over two
+    primary = report["primary"]
+    assert [(r["a"], r["b"]) for r in primary] == [("camdrop", "none"), ("camdrop_self", "dropblock")]
+    vs_none = report["summary"]["camdrop"]["discriminative_vs_none"]
+    assert primary[0]["mean"] == vs_none["mean"] and primary[0]["p"] == vs_none["p"]
+    assert "| CamDrop (classifier) − none |" in table and "| CamDrop (self) − DropBlock |" in table
+    for r in primary:
+        assert r["low"] <= r["mean"] <= r["high"] or r["p"] is None
+        assert r["p"] is None or r["holm"] >= r["p"]
+
+
+def test_holm_and_the_t_interval():
+    assert digits.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert digits.holm([0.5, None, 0.01]) == [pytest.approx(1.0), None, pytest.approx(0.03)]
+    assert digits.t_quantile(0.95, 4) == pytest.approx(2.776445, abs=1e-5)
+    assert digits.t_quantile(0.95, 19) == pytest.approx(2.093024, abs=1e-5)
+
+
+def test_primary_contrasts_are_checked():
+    with pytest.raises(SystemExit):
+        digits.parse_args(["--primary", "camdrop-none"])
+    with pytest.raises(SystemExit):
+        digits.parse_args(["--configs", "camdrop", "--primary", "camdrop:dropblock"])
+    assert digits.parse_args(["--primary", "camdrop:none"]).primary == [("camdrop", "none")]
 
 
 def test_digits_quick_dropped_what_each_configuration_should(quick):
