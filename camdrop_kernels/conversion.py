@@ -163,6 +163,12 @@ def _stage_places(model: nn.Module, levels: List[List[str]], k: int) -> List[str
                 continue  # a pooling or transition child that starts the level, a stem's norm: no block
             for block in structure.blocks(module):
                 places.append(_slot(block, names[block]))
+    if not places:  # (never a model converted to nothing without a word)
+        raise ValueError(
+            f"convert found no conv blocks in the last {k} stage{'s' * (k != 1)} of {type(model).__name__} "
+            f"({', '.join(repr(lv[-1]) for lv in levels[-k:])}): they hold no spatial convolutions (a transformer's "
+            "stages: CamDrop's token maps cover timm's VisionTransformer family and torchvision's vit_*). Name the "
+            f"modules whose outputs are conv feature maps (N, C, H, W) with where=, if any{_candidates(model)}")
     return places
 
 
@@ -288,6 +294,7 @@ def _hook_target(module: nn.Module, name: str) -> Tuple[nn.Module, str]:
         last = list(module.named_children())[-1]
         module, name = last[1], f"{name}.{last[0]}"
     if isinstance(module, structure.CONTAINERS):
+        # (also a subclass with a forward of its own: a `camdrop` child would join its iteration)
         raise ValueError(f"cannot hook {name!r}, a {type(module).__name__} (a container whose forward runs its "
                          "children, or none): name the module inside it whose output should be dropped")
     return module, name

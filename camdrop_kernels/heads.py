@@ -19,6 +19,9 @@ from torch import nn
 from . import structure
 from .placement import unwrap
 
+# Every refusal of a head ends with the way round it that needs no head.
+SELF_ADVICE = "; or convert(model, guidance='self'): guided by the map's own channel means, it needs no classifier"
+
 
 def _last_linear(module: nn.Module) -> Optional[nn.Module]:
     found = None
@@ -286,7 +289,7 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
             raise ValueError(
                 f"the head of {model_name} does not pool ({pool_text}): the classifier {cls_text} reads the whole "
                 "map, not one value per channel; create the model with global pooling (timm: global_pool='avg', "
-                "or reset_classifier(num_classes, global_pool='avg'))")
+                "or reset_classifier(num_classes, global_pool='avg'))" + SELF_ADVICE)
         if hidden:
             first = hidden[-1]  # the one next to the pooling
             pooled = _in_features(first[1])
@@ -296,7 +299,7 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
                 f"pooling ({pool_text}), not the pooled channels: an MLP head gives no channel its own weights, so "
                 "CamDrop has no class activation map to follow. Replace the head by global pooling and one linear "
                 f"layer on the {channels} channels (nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear({channels}, "
-                "num_classes)), or pass classifier= a linear layer that reads the pooled channels")
+                "num_classes)), or pass classifier= a linear layer that reads the pooled channels" + SELF_ADVICE)
         if cells is None:
             raise ValueError(f"cannot tell how many values per channel {pool_text} of {model_name} gives (an output "
                              "size of None keeps the input's): pass classifier= a layer on globally pooled channels")
@@ -319,7 +322,7 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
             f"cannot tell how the classifier {cls_text} of {model_name} reads the map's channels: no pooling module "
             f"comes before it, and {_describe(*first)} between them may be a hidden layer (an MLP head) or act on "
             "each pixel. Make the pooling a module (nn.AdaptiveAvgPool2d(1) before the head) so that convert sees "
-            "it, or pass classifier= a linear layer that reads the pooled channels")
+            "it, or pass classifier= a linear layer that reads the pooled channels" + SELF_ADVICE)
     channels = None
     for unit_name, unit in [u for u in reversed(units) if u[0] not in ancestors]:
         channels = _channels_of(unit)
@@ -337,7 +340,8 @@ def head_layout(model: nn.Module, classifier: Optional[nn.Module] = None, *,
         f"cannot tell how the classifier {cls_text} of {model_name} reads the map's channels: it takes {features} "
         f"features, {seen}, and no pooling module says how they relate (the model pools or concatenates in "
         "forward). Make the pooling a module (nn.AdaptiveAvgPool2d(1)) so that convert sees it, or pass "
-        "classifier= explicitly to guide by its weights as given (groups of consecutive features per channel)")
+        "classifier= explicitly to guide by its weights as given (groups of consecutive features per channel)"
+        + SELF_ADVICE)
 
 
 def is_layer_norm(module: nn.Module) -> bool:

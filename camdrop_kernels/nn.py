@@ -268,6 +268,11 @@ class CamDropNd(nn.Module):
 
     # -- statistics ------------------------------------------------------------------------------
     @property
+    def input_dims(self) -> int:
+        """The dimensions of the input: (N, C, *S) with ``rank`` spatial axes."""
+        return self.rank + 2
+
+    @property
     def last_dropped_fraction(self) -> Optional[torch.Tensor]:
         """Share of the last training batch's elements that were dropped, a 0-d float32 device
         tensor (computing it does not sync; reading its value does). None before the first one."""

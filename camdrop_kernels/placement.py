@@ -10,9 +10,9 @@ a model whose layers are gone.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
-from torch import nn
+from torch import Tensor, nn
 
 _PLACES = "_camdrop_places"  # root.__dict__ entry: [(module name, layer)], copied by deepcopy and pickle
 
@@ -30,13 +30,30 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 class CamDropAfter:
     """Forward hook applying ``module.camdrop`` to a module's output (an object holding the module,
-    so that deepcopy rebinds it to the copy)."""
+    so that deepcopy rebinds it to the copy). An output that is not the map the layer was placed
+    for (a tuple, a transformer block's tokens where a conv map was expected) is an error naming
+    the place, in training; eval passes it on."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, name: Optional[str] = None) -> None:
         self.module = module
+        self.name = name
 
     def __call__(self, module, inputs, output):
-        return self.module.camdrop(output)
+        layer = self.module.camdrop
+        dims = getattr(layer, "input_dims", None)
+        if dims is not None and not (isinstance(output, Tensor) and output.dim() == dims) \
+                and getattr(layer, "camdrop", layer).training:
+            got = f"a {tuple(output.shape)} tensor" if isinstance(output, Tensor) else f"a {type(output).__name__}"
+            where = getattr(self, "name", None) or type(module).__name__  # (hooks pickled before names: none)
+            raise ValueError(
+                f"the CamDrop layer after {where!r} expects a {dims}-D input ({_EXPECTED.get(dims, 'a map')}) but that "
+                f"module returned {got}: its output is not the feature map convert placed the layer for (a "
+                "transformer block's tokens, a tuple). Convert with where= naming modules whose outputs are conv "
+                "feature maps (N, C, H, W), or remove the layer")
+        return layer(output)
+
+
+_EXPECTED = {3: "(N, C, L) or (N, L, C) tokens", 4: "an (N, C, H, W) map", 5: "an (N, C, D, H, W) map"}
 
 
 def _hooked(target: nn.Module, layer: nn.Module) -> bool:
@@ -52,7 +69,7 @@ def attach(root: nn.Module, name: str, target: nn.Module, layer: nn.Module) -> N
         if isinstance(hook, CamDropAfter):
             del target._forward_hooks[key]
     target.camdrop = layer
-    target.register_forward_hook(CamDropAfter(target))
+    target.register_forward_hook(CamDropAfter(target, name))
     places: List[Tuple[str, nn.Module]] = root.__dict__.setdefault(_PLACES, [])
     for i, (known, _) in enumerate(places):
         if known == name:

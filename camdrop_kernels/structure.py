@@ -38,14 +38,22 @@ def is_container(module: nn.Module) -> bool:
 
 
 def repeated(units: List[nn.Module]) -> bool:
-    """Two or more modules of one composite, non-container class: a run of blocks."""
+    """Two or more modules of one composite, non-container class, each more than one conv with its
+    norm (two convs, or a conv beside linear layers: a ConvNeXt or TinyViT block): a run of blocks.
+    (Conv-norm units of one class side by side are an Inception module's parallel branches.)"""
     cls = type(units[0])
     return (len(units) >= 2 and all(type(u) is cls for u in units) and not issubclass(cls, CONTAINERS)
-            and any(True for _ in units[0].children()))
+            and any(True for _ in units[0].children())
+            and all(sum(conv_rank(m) is not None for m in u.modules()) >= 2
+                    or any(isinstance(m, nn.Linear) for m in u.modules()) for u in units))
 
 
 def blocks(member: nn.Module) -> List[nn.Module]:
     """The blocks of one stage member (see conversion_places)."""
+    return [unit for block in _blocks(member) for unit in _hookable(block)]
+
+
+def _blocks(member: nn.Module) -> List[nn.Module]:
     kids = [c for c in member.children() if has_spatial_conv(c)]
     if is_container(member):  # a stage of blocks, or itself one block (conv-bn-act)
         return [c for c in kids if any(True for _ in c.children())] or [member]
@@ -60,6 +68,16 @@ def blocks(member: nn.Module) -> List[nn.Module]:
     return found or [member]
 
 
+def _hookable(block: nn.Module) -> List[nn.Module]:
+    """A container subclass with its own forward (timm RDNet's DenseStage iterates itself) cannot
+    take a ``camdrop`` child, which would join its iteration: its blocks are its children."""
+    if isinstance(block, CONTAINERS) and not is_container(block):
+        inner = [c for c in block.children() if has_spatial_conv(c)]
+        if inner:
+            return inner
+    return [block]
+
+
 def timm_levels(model: nn.Module) -> Optional[List[List[str]]]:
     """Each feature level's member modules, from timm's feature_info: the modules after the
     previous level's module up to this level's, among the children of their common parent."""
@@ -67,7 +85,9 @@ def timm_levels(model: nn.Module) -> Optional[List[List[str]]]:
     if info is None:
         return None
     try:
-        points = [entry["module"] for entry in info]
+        # ('' is the model itself: a stem computed in the model's own forward, e.g. TResNet's
+        # space-to-depth; it holds no block)
+        points = [entry["module"] for entry in info if entry["module"]]
     except (TypeError, KeyError):
         return None
     modules = dict(model.named_modules())
@@ -117,21 +137,40 @@ def torchvision_levels(model: nn.Module) -> Optional[List[List[str]]]:
     for attr in ("features", "trunk_output"):
         trunk = getattr(model, attr, None)
         if isinstance(trunk, nn.Sequential):
-            levels: List[List[str]] = []
-            current: List[str] = []
-            has_conv = False  # does the current level hold a spatial conv yet?
-            for name, child in trunk.named_children():
-                spatial, down = has_spatial_conv(child), downsamples(child)
-                if down and has_conv:  # a strided conv block, or a pooling / transition child (VGG, DenseNet)
-                    levels.append(current)
-                    current, has_conv = [], False
-                if spatial or down:  # (1x1 head convs, activations and norms between stages are left out)
-                    current.append(f"{attr}.{name}")
-                    has_conv = has_conv or spatial
-            if has_conv:
-                levels.append(current)
-            return levels or None
+            return _split(trunk.named_children(), f"{attr}.")
+    # torchvision models whose trunk is their own children, in forward order (the aux heads and
+    # the classifier, which hold a Linear, left out), or a `layers` Sequential (MNASNet).
+    kind = _TORCHVISION_TRUNKS.get(f"{type(model).__module__}.{type(model).__name__}")
+    if kind == "children":
+        return _split(((n, c) for n, c in model.named_children()
+                       if not any(isinstance(m, nn.Linear) for m in c.modules())), "")
+    if kind == "layers" and isinstance(getattr(model, "layers", None), nn.Sequential):
+        return _split(model.layers.named_children(), "layers.")
     return None
+
+
+_TORCHVISION_TRUNKS = {"torchvision.models.googlenet.GoogLeNet": "children",
+                       "torchvision.models.inception.Inception3": "children",
+                       "torchvision.models.shufflenetv2.ShuffleNetV2": "children",
+                       "torchvision.models.mnasnet.MNASNet": "layers"}
+
+
+def _split(children, prefix: str) -> Optional[List[List[str]]]:
+    """A trunk's children split into levels at each child that downsamples (torchvision_levels)."""
+    levels: List[List[str]] = []
+    current: List[str] = []
+    has_conv = False  # does the current level hold a spatial conv yet?
+    for name, child in children:
+        spatial, down = has_spatial_conv(child), downsamples(child)
+        if down and has_conv:  # a strided conv block, or a pooling / transition child (VGG, DenseNet)
+            levels.append(current)
+            current, has_conv = [], False
+        if spatial or down:  # (1x1 head convs, activations and norms between stages are left out)
+            current.append(f"{prefix}{name}")
+            has_conv = has_conv or spatial
+    if has_conv:
+        levels.append(current)
+    return levels or None
 
 
 def levels(model: nn.Module) -> Optional[List[List[str]]]:
@@ -204,7 +243,10 @@ def vit_plan(model: nn.Module) -> Optional[VitPlan]:
     names = {m: n for n, m in model.named_modules()}
     blocks = getattr(model, "blocks", None)
     embed = getattr(model, "patch_embed", None)
-    if isinstance(blocks, nn.Sequential) and embed is not None and hasattr(model, "num_prefix_tokens"):
+    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and embed is not None and hasattr(model, "num_prefix_tokens"):
+        # CaiT's class token joins only in its class-attention blocks after ``blocks``: the
+        # blocks CamDrop follows carry the patch tokens alone.
+        prefix = 0 if isinstance(getattr(model, "blocks_token_only", None), nn.Module) else int(model.num_prefix_tokens)
         grid = tuple(getattr(embed, "grid_size", ()) or ())
         head = getattr(model, "head", None)
         if len(grid) != 2 or not isinstance(head, nn.Linear):
@@ -215,7 +257,7 @@ def vit_plan(model: nn.Module) -> Optional[VitPlan]:
             return None  # ('map': an attention-pooling head mixes the channels; '': no pooling)
         # The norm that reaches the head: fc_norm after average pooling, else the final norm.
         reaching = fc_norm if pool != "token" and _is_norm(fc_norm) else norm
-        return VitPlan([names[b] for b in blocks], int(model.num_prefix_tokens), (int(grid[0]), int(grid[1])),
+        return VitPlan([names[b] for b in blocks], prefix, (int(grid[0]), int(grid[1])),
                        names[head], names[reaching] if _is_norm(reaching) else None,
                        "the class token" if pool == "token" else f"the patch tokens pooled ({pool!r})")
     encoder = getattr(model, "encoder", None)

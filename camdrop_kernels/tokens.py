@@ -28,6 +28,8 @@ class TokenMap(nn.Module):
         self.prefix = int(prefix)
         self.grid = (int(grid[0]), int(grid[1]))
 
+    input_dims = 3  # (N, L, C) tokens (read by convert's hook)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if not self.camdrop.training:
             return tokens

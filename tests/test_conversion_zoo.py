@@ -1,0 +1,214 @@
+"""``convert`` across the model zoo: the families a sweep of timm and torchvision models found
+converted wrongly, to nothing, or with an error that did not say what to do.
+
+Each case here failed before its fix: TResNet (a feature level at the model itself), RDNet (a
+container subclass that iterates itself took a ``camdrop`` child), Inception (a layer after each
+parallel branch), CaiT (the class token counted in blocks that do not carry it), BEiT / EVA
+(blocks in a ModuleList), torchvision GoogLeNet / Inception3 / ShuffleNetV2 / MNASNet (no stages
+found), Swin and other models without conv stages (converted to no layer, silently), PiT and
+PVT (a layer after a module that returns tokens or a tuple: a bare TypeError at the first
+forward), MLP heads (refused without the way round that needs no head).
+
+Models that only need their structure are built on the meta device.
+"""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import camdrop_kernels as ck
+
+timm = pytest.importorskip("timm")
+torchvision = pytest.importorskip("torchvision")
+tv = torchvision.models
+
+CLASSES = 5
+
+
+def meta_timm(name, **kwargs):
+    with torch.device("meta"):
+        return timm.create_model(name, num_classes=CLASSES, **kwargs)
+
+
+def meta_tv(name, **kwargs):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (GoogLeNet's and Inception's init-weights notices)
+        return tv.get_model(name, weights=None, num_classes=CLASSES, **kwargs)
+
+
+def train_step_drops(model, size, seed=0, **convert_kwargs):
+    """Convert ``model``, run one training step inside ``targets``; every layer ran, the layers
+    dropped something, and eval mode equals the unconverted model with the trained weights."""
+    torch.manual_seed(seed)
+    plain = copy.deepcopy(model)
+    ck.convert(model, drop_prob=0.3, **convert_kwargs)
+    layers = ck.camdrop_layers(model)
+    assert layers
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    y = torch.tensor([1, 3])
+    model.train()
+    with ck.targets(model, y):
+        out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        out.sum().backward()
+    fractions = [float(layer.last_dropped_fraction) for layer in layers]
+    assert all(layer.last_dropped is not None for layer in layers)
+    assert sum(fractions) > 0, fractions
+    plain.load_state_dict(model.state_dict())
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    return layers
+
+
+# -- stages and blocks ---------------------------------------------------------------------------
+def test_a_feature_level_at_the_model_itself_is_no_stage():
+    # TResNet's feature_info starts with '' (its space-to-depth stem runs in the model's forward)
+    model = meta_timm("tresnet_m")
+    assert model.feature_info[0]["module"] == ""
+    places = ck.conversion_places(model)
+    assert {p.name.split(".")[1] for p in places} == {"layer3", "layer4"}
+    assert {p.stage for p in places} == {0, 1}
+
+
+def test_a_container_that_iterates_itself_gets_the_layers_on_its_blocks():
+    # timm RDNet's DenseStage is an nn.Sequential with its own forward, iterating its children: a
+    # `camdrop` child would be run on its list of features. The layers go on its dense blocks.
+    model = meta_timm("rdnet_tiny")
+    places = [p.name for p in ck.conversion_places(model)]
+    assert places and all(".dense_block" in name for name in places)
+    for name in places:
+        parent = model.get_submodule(name.rpartition(".")[0])
+        assert not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward
+
+
+def test_rdnet_trains_and_drops():
+    torch.manual_seed(0)
+    train_step_drops(timm.create_model("rdnet_tiny", num_classes=CLASSES), (96, 96))
+
+
+@pytest.mark.parametrize("build", [lambda: meta_timm("inception_v3"), lambda: meta_tv("inception_v3")],
+                         ids=["timm", "torchvision"])
+def test_inception_modules_are_the_blocks_not_their_branches(build):
+    places = [p.name for p in ck.conversion_places(build())]
+    assert places == ["Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("googlenet", ["inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "inception5a",
+                   "inception5b"]),
+    ("shufflenet_v2_x0_5", [f"stage3.{i}" for i in range(8)] + [f"stage4.{i}" for i in range(4)]),
+    ("mnasnet0_5", ["layers.10.0", "layers.10.1", "layers.10.2", "layers.11.0", "layers.11.1", "layers.12.0",
+                    "layers.12.1", "layers.12.2", "layers.12.3", "layers.13.0"]),
+])
+def test_torchvision_models_whose_trunk_is_their_children(name, expected):
+    places = ck.conversion_places(meta_tv(name))
+    assert [p.name for p in places] == expected
+    # the last stage is stage 0; the aux heads (a Linear inside) are never a place
+    assert places[-1].stage == 0 and all("aux" not in p.name.lower() for p in places)
+
+
+@pytest.mark.parametrize("name,size", [("shufflenet_v2_x0_5", (128, 128)), ("googlenet", (128, 128))])
+def test_torchvision_trunk_models_train_and_drop(name, size):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+        model = tv.get_model(name, weights=None, num_classes=CLASSES, **kwargs)
+    train_step_drops(model, size)
+
+
+# -- vision transformers ------------------------------------------------------------------------
+def test_cait_blocks_carry_no_class_token():
+    # CaiT adds its class token in the class-attention blocks after `blocks`
+    model = meta_timm("cait_xxs24_224")
+    places = ck.conversion_places(model)
+    assert places and all(p.tokens == (0, (14, 14)) for p in places)
+
+
+@pytest.mark.parametrize("name", ["beit_base_patch16_224", "eva02_tiny_patch14_224"])
+def test_vits_with_blocks_in_a_module_list(name):
+    model = meta_timm(name)
+    assert isinstance(model.blocks, nn.ModuleList)
+    places = ck.conversion_places(model)
+    depth = len(model.blocks)
+    assert [p.name for p in places] == [f"blocks.{i}" for i in range(depth - depth // 3, depth)]
+    assert all(p.tokens is not None and p.tokens[0] == 1 for p in places)
+
+
+def test_eva_trains_and_drops_with_self_guidance():
+    torch.manual_seed(0)
+    layers = train_step_drops(timm.create_model("eva02_tiny_patch14_224", num_classes=CLASSES), (224, 224))
+    assert all(layer.guidance == "self" for layer in layers)
+
+
+# -- never converted to nothing; errors that name the place ----------------------------------------
+@pytest.mark.parametrize("build", [lambda: meta_timm("swin_tiny_patch4_window7_224"),
+                                   lambda: meta_timm("sequencer2d_s"), lambda: meta_timm("mixer_s32_224"),
+                                   lambda: meta_timm("levit_128s")],
+                         ids=["swin", "sequencer", "mixer", "levit"])
+@pytest.mark.parametrize("guidance", ["classifier", "self"])
+def test_models_without_conv_stages_are_refused_not_left_unconverted(build, guidance):
+    model = build()
+    with pytest.raises(ValueError, match="found no conv blocks in the last 2 stages of"):
+        ck.convert(model, guidance=guidance)
+    assert not ck.camdrop_layers(model)
+
+
+class TupleBlock(nn.Module):
+    """A block returning (map, extra), as PiT's transformer stages return (tokens, class tokens)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x), x.mean()
+
+
+class TokenBlock(nn.Module):
+    """A block returning (N, L, C) tokens, as PVT's blocks do inside a conv-stemmed stage."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("block,got", [(TupleBlock, "a tuple"), (TokenBlock, r"a \(2, 36, 4\) tensor")])
+def test_a_layer_after_a_module_that_returns_no_map_names_the_place(block, got):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), block())
+    ck.convert(model, where="1", guidance="self")
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.raises(ValueError, match=rf"CamDrop layer after '1' expects a 4-D input .* returned {got}"):
+        with ck.targets(model, torch.tensor([0, 1])):
+            model.train()(x)
+    model.eval()(x)  # eval passes whatever the module returns
+
+
+def test_pit_names_its_stage():
+    torch.manual_seed(0)
+    model = timm.create_model("pit_ti_224", num_classes=CLASSES)
+    ck.convert(model)
+    with pytest.raises(ValueError, match=r"CamDrop layer after 'transformers\.\d' .* returned a tuple"):
+        with ck.targets(model, torch.tensor([0, 1])):
+            model.train()(torch.randn(2, 3, 224, 224))
+
+
+# -- heads ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build", [lambda: meta_timm("mobilenetv3_small_050"), lambda: meta_tv("mobilenet_v3_small"),
+                                   lambda: meta_tv("vgg11_bn"), lambda: meta_timm("mambaout_femto")],
+                         ids=["timm mobilenetv3", "torchvision mobilenet_v3", "vgg", "mambaout"])
+def test_head_refusals_say_self_guidance_needs_no_head(build):
+    with pytest.raises(ValueError, match=r"or convert\(model, guidance='self'\)"):
+        ck.convert(build())
+
+
+def test_mobilenetv3_trains_and_drops_with_self_guidance():
+    torch.manual_seed(0)
+    train_step_drops(timm.create_model("mobilenetv3_small_050", num_classes=CLASSES), (128, 128), guidance="self")
