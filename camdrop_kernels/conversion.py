@@ -26,7 +26,7 @@ from . import placement, structure, validation
 from .heads import HeadLayout, find_classifier, head_layout, layout_for
 from .nn import CamDrop1d, CamDrop2d, CamDrop3d, CamDropNd
 from .placement import unwrap as _unwrap
-from .tokens import TokenMap
+from .tokens import GridMap, TokenMap
 
 # timm's drop_block_rate uses 5 in stage 3 and 3 in stage 4; DropBlock's default 7 before that.
 DEFAULT_BLOCK_SIZE = {1: 7, 2: 7, 3: 5, 4: 3}
@@ -50,6 +50,7 @@ class Place(NamedTuple):
     stage: Optional[int]  # counted from the last stage (0 = last); None when outside the known stages
     replace: bool  # an nn.Identity slot (e.g. timm's drop_block), or a DropBlock layer, that the layer replaces
     tokens: Optional[Tuple[int, Tuple[int, int]]] = None  # a ViT place: (prefix tokens, patch grid (h, w))
+    nhwc: bool = False  # the place outputs an (N, H, W, C) map (Swin, MambaOut: structure.nhwc_stages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +213,34 @@ def _token_places(model: nn.Module, vit: structure.VitPlan, where: Where) -> Lis
     return [Place(name, 2, None, False, (vit.prefix, vit.grid)) for name in names]
 
 
+def _grid_places(model: nn.Module, stages: List[List[str]], where: Where) -> List[Place]:
+    """The places of a model whose blocks output (N, H, W, C) maps: the blocks of the last k stages
+    (where None: 2), or the modules named (those inside the grid stages take the (N, H, W, C) view;
+    others, e.g. a conv stem, are ordinary places)."""
+    if where is None or validation.is_int(where):
+        k = DEFAULT_STAGES if where is None else where
+        if not 1 <= k <= len(stages):
+            raise ValueError(f"where={k} asks for the last {k} stages, but {type(model).__name__} has {len(stages)}")
+        return [Place(name, 2, len(stages) - 1 - index, False, None, True)
+                for index, stage in enumerate(stages) if index >= len(stages) - k for name in stage]
+    if isinstance(where, bool) or not isinstance(where, (str, nn.Module, list, tuple)):
+        raise TypeError(f"where must be None, an int (the last k stages), a module name or pattern, a module, or a "
+                        f"list of these; got {type(where).__name__}")
+    grid_names = {}  # every block, its Sequential and its stage -> stage index from the last
+    for index, stage in enumerate(stages):
+        for name in stage:
+            parent = name.rpartition(".")[0]
+            for key in (name, parent, parent.rpartition(".")[0] if parent.endswith(".blocks") else parent):
+                grid_names[key] = len(stages) - 1 - index
+    places = []
+    for name in _named_places(model, where):
+        if name in grid_names:
+            places.append(Place(name, 2, grid_names[name], False, None, True))
+        else:
+            places += _map_places(model, [name], None, None)
+    return places
+
+
 def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[int] = None) -> List[Place]:
     """Where :func:`convert` would put CamDrop layers, without changing the model.
 
@@ -244,6 +273,10 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
     ``VisionTransformer``) have one resolution and no stages: ``where=k`` takes the outputs of the
     last k blocks (default: the last third), each a token place (the patch tokens as an (N, C, h, w)
     map, the class and register tokens untouched).
+
+    Models whose blocks keep (N, H, W, C) maps (timm's ``output_fmt="NHWC"`` models: Swin, SwinV2,
+    MambaOut, Sequencer; torchvision's Swin) have stages of blocks: ``where=k`` takes every block of
+    the last k stages, each seen as its (N, C, H, W) channels_last view.
     """
     if rank is not None and (isinstance(rank, bool) or rank not in _LAYERS):
         raise ValueError(f"rank must be 1, 2 or 3; got {rank!r}")
@@ -251,6 +284,9 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
     vit = structure.vit_plan(model)
     if vit is not None:
         return _token_places(model, vit, where)
+    grids = structure.nhwc_stages(model)
+    if grids is not None:
+        return _grid_places(model, grids, where)
     levels = structure.levels(model)
     if where is None:
         where = DEFAULT_STAGES
@@ -266,6 +302,12 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
                         f"list of these; got {type(where).__name__}")
     else:
         names = _named_places(model, where)
+    return _map_places(model, names, levels, rank)
+
+
+def _map_places(model: nn.Module, names: List[str], levels: Optional[List[List[str]]],
+                rank: Optional[int]) -> List[Place]:
+    """Places on conv feature maps (N, C, *S), the map's rank read from the place unless given."""
     places = []
     for name in names:
         module = model.get_submodule(name)
@@ -329,7 +371,7 @@ def convert(
         raise TypeError("convert sets drop_prob_scale itself (stage_scaling); pass stage_scaling=False for one rate")
     model_ = _unwrap(model)
     named_classifier = classifier is not None
-    if structure.vit_plan(model_) is not None:
+    if structure.vit_plan(model_) is not None or structure.nhwc_stages(model_) is not None:
         if "guidance" not in options and classifier is None:
             # Vision transformers learn to read the label off a classifier-guided mask (their
             # residual stream is signed: the zeroed top channels of the true class are a visible
@@ -338,7 +380,8 @@ def convert(
             options = dict(options, guidance="self")
         elif options.get("guidance", "classifier") == "classifier":
             warnings.warn(
-                "convert: classifier guidance on a vision transformer's tokens: in the evidence experiment a "
+                "convert: classifier guidance on a vision transformer's tokens (or a Swin-style model's maps): in "
+                "the evidence experiment a "
                 "ViT trained so learnt to read the label off CamDrop's mask and fell to near chance in "
                 "evaluation (examples/results/evidence.md). The default for ViTs is guidance='self'; check a "
                 "classifier-guided model with camdrop_kernels.label_readback(model, images, labels)",
@@ -373,11 +416,11 @@ def convert(
         size = block_size if block_size is not None else _BLOCK_SIZE_FROM_LAST.get(place.stage, _UNSTAGED_BLOCK_SIZE)
         if place.tokens is not None and block_size is None:
             size = _TOKEN_BLOCK_SIZE
-        if isinstance(module, (CamDropNd, TokenMap)):
+        if isinstance(module, (CamDropNd, TokenMap, GridMap)):
             raise ValueError(f"{place.name!r} is already a CamDrop layer: convert a model once (set_drop_prob "
                              "changes the rate)")
         target, target_name = (module, place.name) if place.replace else _hook_target(module, place.name)
-        if not place.replace and isinstance(getattr(target, "camdrop", None), (CamDropNd, TokenMap)):
+        if not place.replace and isinstance(getattr(target, "camdrop", None), (CamDropNd, TokenMap, GridMap)):
             raise ValueError(f"{target_name!r} already has a CamDrop layer: convert a model once (set_drop_prob "
                              "changes the rate)")
         if id(target) in taken:
@@ -389,6 +432,8 @@ def convert(
             layer.guide.bind(classifier, path=classifier_path, layout=layout, norm=norm)
         if place.tokens is not None:
             layer = TokenMap(layer, *place.tokens)
+        elif place.nhwc:
+            layer = GridMap(layer)
         plans.append((place, module, layer))
     replaced = []  # DropBlock layers whose slots CamDrop takes
     for place, module, layer in plans:

@@ -277,3 +277,24 @@ def vit_plan(model: nn.Module) -> Optional[VitPlan]:
 
 def _is_norm(module) -> bool:
     return isinstance(module, nn.LayerNorm) and module.elementwise_affine and module.weight is not None
+
+
+# -- (N, H, W, C) maps ---------------------------------------------------------------------------
+def nhwc_stages(model: nn.Module) -> Optional[List[List[str]]]:
+    """Each stage's block names for models whose blocks output (N, H, W, C) maps: timm models with
+    ``output_fmt == "NHWC"`` and stages of ``blocks`` (Swin, SwinV2, MambaOut, Sequencer), and
+    torchvision's Swin Transformers (V1, V2); None for other models."""
+    if getattr(model, "output_fmt", None) == "NHWC":
+        for attr in ("layers", "stages"):
+            stages = getattr(model, attr, None)
+            if isinstance(stages, nn.Sequential) and len(stages) and \
+                    all(isinstance(getattr(stage, "blocks", None), (nn.Sequential, nn.ModuleList)) for stage in stages):
+                return [[f"{attr}.{i}.blocks.{j}" for j in range(len(stage.blocks))] for i, stage in enumerate(stages)]
+        return None
+    swin = sys.modules.get("torchvision.models.swin_transformer")
+    if swin is not None and isinstance(model, swin.SwinTransformer):
+        kinds = (swin.SwinTransformerBlock, swin.SwinTransformerBlockV2)
+        found = [[f"features.{i}.{j}" for j in range(len(child))] for i, child in enumerate(model.features)
+                 if isinstance(child, nn.Sequential) and len(child) and all(isinstance(b, kinds) for b in child)]
+        return found or None
+    return None

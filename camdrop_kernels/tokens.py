@@ -5,6 +5,11 @@ register tokens) and h * w patch tokens in row-major order. Those patch tokens, 
 innermost, are exactly a channels_last (N, C, h, w) map, so :class:`TokenMap` hands a CamDrop2d
 that view (no copy) and leaves the prefix tokens untouched. ``structure.vit_plan`` reads what
 ``convert`` needs from the model.
+
+Hierarchical models that keep their maps as (N, H, W, C) (Swin, SwinV2, MambaOut, Sequencer:
+timm's ``output_fmt="NHWC"``; torchvision's Swin) get :class:`GridMap`: the same channels_last
+view of the whole grid. Handing such a map to a CamDrop2d directly would drop along the wrong
+axes (H taken for the channels) without any error.
 """
 from __future__ import annotations
 
@@ -58,3 +63,25 @@ class TokenMap(nn.Module):
 
     def extra_repr(self) -> str:
         return f"prefix={self.prefix}, grid={self.grid}"
+
+
+class GridMap(nn.Module):
+    """Run ``camdrop`` (a CamDrop2d) on an (N, H, W, C) map as its (N, C, H, W) channels_last view
+    (no copy); the result is returned in the (N, H, W, C) layout. The identity when the CamDrop
+    layer is in eval mode (its mode decides, as for :class:`TokenMap`)."""
+
+    input_dims = 4  # (read by convert's hook)
+
+    def __init__(self, camdrop: CamDrop2d) -> None:
+        super().__init__()
+        self.camdrop = camdrop
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        if not self.camdrop.training:
+            return grid
+        if not isinstance(grid, torch.Tensor) or grid.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects an (N, H, W, C) map; got "
+                             f"{tuple(grid.shape) if isinstance(grid, torch.Tensor) else type(grid).__name__}")
+        x = grid.permute(0, 3, 1, 2)  # (N, C, H, W), channels innermost: a view
+        y = self.camdrop(x)
+        return grid if y is x else y.permute(0, 2, 3, 1)

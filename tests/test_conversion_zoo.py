@@ -7,7 +7,9 @@ parallel branch), CaiT (the class token counted in blocks that do not carry it),
 (blocks in a ModuleList), torchvision GoogLeNet / Inception3 / ShuffleNetV2 / MNASNet (no stages
 found), Swin and other models without conv stages (converted to no layer, silently), PiT and
 PVT (a layer after a module that returns tokens or a tuple: a bare TypeError at the first
-forward), MLP heads (refused without the way round that needs no head).
+forward), MLP heads (refused without the way round that needs no head), and models whose blocks
+keep (N, H, W, C) maps: MambaOut was converted and "dropped" along the wrong axes (H taken for the
+channels) without an error; Swin and Sequencer were converted to nothing.
 
 Models that only need their structure are built on the meta device.
 """
@@ -146,10 +148,9 @@ def test_eva_trains_and_drops_with_self_guidance():
 
 
 # -- never converted to nothing; errors that name the place ----------------------------------------
-@pytest.mark.parametrize("build", [lambda: meta_timm("swin_tiny_patch4_window7_224"),
-                                   lambda: meta_timm("sequencer2d_s"), lambda: meta_timm("mixer_s32_224"),
-                                   lambda: meta_timm("levit_128s")],
-                         ids=["swin", "sequencer", "mixer", "levit"])
+@pytest.mark.parametrize("build", [lambda: meta_timm("mixer_s32_224"), lambda: meta_timm("resmlp_12_224"),
+                                   lambda: meta_timm("levit_128s"), lambda: meta_timm("swinv2_cr_tiny_224")],
+                         ids=["mixer", "resmlp", "levit", "swinv2-cr"])
 @pytest.mark.parametrize("guidance", ["classifier", "self"])
 def test_models_without_conv_stages_are_refused_not_left_unconverted(build, guidance):
     model = build()
@@ -202,8 +203,8 @@ def test_pit_names_its_stage():
 
 # -- heads ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("build", [lambda: meta_timm("mobilenetv3_small_050"), lambda: meta_tv("mobilenet_v3_small"),
-                                   lambda: meta_tv("vgg11_bn"), lambda: meta_timm("mambaout_femto")],
-                         ids=["timm mobilenetv3", "torchvision mobilenet_v3", "vgg", "mambaout"])
+                                   lambda: meta_tv("vgg11_bn"), lambda: meta_timm("hgnetv2_b0")],
+                         ids=["timm mobilenetv3", "torchvision mobilenet_v3", "vgg", "hgnetv2"])
 def test_head_refusals_say_self_guidance_needs_no_head(build):
     with pytest.raises(ValueError, match=r"or convert\(model, guidance='self'\)"):
         ck.convert(build())
@@ -212,3 +213,63 @@ def test_head_refusals_say_self_guidance_needs_no_head(build):
 def test_mobilenetv3_trains_and_drops_with_self_guidance():
     torch.manual_seed(0)
     train_step_drops(timm.create_model("mobilenetv3_small_050", num_classes=CLASSES), (128, 128), guidance="self")
+
+
+# -- (N, H, W, C) maps: Swin, SwinV2, MambaOut, Sequencer ----------------------------------------------
+@pytest.mark.parametrize("build,stages", [
+    (lambda: meta_timm("swin_tiny_patch4_window7_224"), ("layers.2.blocks", 6, "layers.3.blocks", 2)),
+    (lambda: meta_timm("swinv2_tiny_window8_256"), ("layers.2.blocks", 6, "layers.3.blocks", 2)),
+    (lambda: meta_timm("mambaout_femto"), ("stages.2.blocks", 9, "stages.3.blocks", 3)),
+    (lambda: meta_timm("sequencer2d_s"), ("stages.2.blocks", 8, "stages.3.blocks", 3)),
+    (lambda: meta_tv("swin_t"), ("features.5", 6, "features.7", 2)),
+], ids=["swin", "swinv2", "mambaout", "sequencer", "torchvision swin_t"])
+def test_models_with_nhwc_maps_get_grid_places(build, stages):
+    first, n1, last, n0 = stages
+    places = ck.conversion_places(build())
+    assert [p.name for p in places] == [f"{first}.{i}" for i in range(n1)] + [f"{last}.{i}" for i in range(n0)]
+    assert all(p.nhwc and p.tokens is None and p.rank == 2 for p in places)
+    assert [p.stage for p in places] == [1] * n1 + [0] * n0
+
+
+def test_named_places_in_an_nhwc_model_take_the_grid_view_inside_its_stages_only():
+    places = ck.conversion_places(meta_timm("swin_tiny_patch4_window7_224"), where=["patch_embed.proj", "layers.3"])
+    assert [(p.name, p.nhwc, p.stage) for p in places] == [("patch_embed.proj", False, None), ("layers.3", True, 0)]
+
+
+def test_grid_map_is_camdrop_on_the_channels_last_view():
+    grid = torch.randn(3, 7, 9, 16)  # (N, H, W, C)
+    layer = ck.CamDrop2d(0.5, 3, guidance="self").train()
+    wrapped = ck.tokens.GridMap(layer)
+    torch.manual_seed(11)
+    got = wrapped(grid)
+    torch.manual_seed(11)
+    expected = layer(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert got.shape == grid.shape and torch.equal(got, expected)
+    assert float(layer.last_dropped_fraction) > 0
+    dropped = (got == 0) & (grid != 0)
+    # whole (h, w) blocks of some channels: a channel is either untouched or has a block dropped
+    assert dropped.any() and not dropped.all(dim=(1, 2)).any()
+    layer.eval()
+    assert wrapped(grid) is grid
+
+
+@pytest.mark.parametrize("guidance", [None, "classifier"])
+def test_swin_trains_and_drops(guidance):
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", num_classes=CLASSES)
+    kwargs = {} if guidance is None else {"guidance": guidance}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layers = train_step_drops(model, (224, 224), **kwargs)
+    # transformer-style maps default to self guidance; classifier guidance is given, with a warning
+    assert {layer.guidance for layer in layers} == {guidance or "self"}
+    assert any("read the label off" in str(w.message) for w in caught) == (guidance == "classifier")
+    assert all(isinstance(m.camdrop, ck.tokens.GridMap) for m in model.modules()
+               if isinstance(getattr(m, "camdrop", None), nn.Module) and not isinstance(m, ck.tokens.GridMap))
+
+
+def test_mambaout_drops_along_the_right_axes():
+    torch.manual_seed(0)
+    model = timm.create_model("mambaout_femto", num_classes=CLASSES)
+    layers = train_step_drops(model, (224, 224), guidance="self")
+    assert len(layers) == 12
