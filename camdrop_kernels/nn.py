@@ -5,6 +5,7 @@ batch's targets, or its own activations) and what it reports live in its :class:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -263,8 +264,30 @@ class CamDropNd(nn.Module):
         if numel != guide.numel or guide.mark() != guide.eager_mark:
             self._buffers["_numel"].fill_(numel)
             guide.numel = numel
+            self._check_map_size(x)
         guide.record(dropped, rate, compiling)
         guide.eager_mark = guide.mark()
+
+    def _check_map_size(self, x: torch.Tensor) -> None:
+        """Warn once per map size when the block leaves fewer than a quarter of the pixels as seed
+        centres (SPEC step 3: the whole block inside the map): with the default top_pixels the layer
+        then drops in few samples, if any (e.g. block 5 on 6x6: 4 of 36 pixels; block 3 on 3x3: 1 of
+        9), which would otherwise show only as a share near 0 in the statistics."""
+        spatial = tuple(x.shape[2:])
+        seen = self.__dict__.setdefault("_map_sizes_checked", set())
+        if spatial in seen or self._p == 0.0 or x.dim() != self.rank + 2:
+            return
+        seen.add(spatial)
+        g = self.options.geometry(x.shape[1], spatial)
+        if 4 * g.num_valid < g.P:
+            size = "x".join(map(str, spatial))
+            warnings.warn(
+                f"{type(self).__name__} (block_size={self.options.block_size}) on a {size} map: only {g.num_valid} of "
+                f"its {g.P} pixels can centre a whole block, and {g.top_pixels} top pixel"
+                f"{'s are' if g.top_pixels != 1 else ' is'} eligible, so this layer will drop in few samples, if any "
+                "(its last_dropped_fraction shows how much). Use a smaller block_size for maps this small "
+                "(convert(..., block_size=...)), larger inputs, or place the layer at a larger map", UserWarning,
+                stacklevel=4)
 
     # -- statistics ------------------------------------------------------------------------------
     @property

@@ -1,6 +1,7 @@
 """The modules: rate buffer, statistics, copies, DataParallel, odd shapes."""
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -302,3 +303,21 @@ def test_the_dropped_share_is_right_after_compiled_and_eager_forwards_of_other_s
         run(x)
         want = layer.last_dropped.sum().to(torch.float32) / float(x.numel())
         assert float(layer.last_dropped_fraction) == float(want) > 0
+
+
+def test_a_map_too_small_for_the_block_warns_once_per_size():
+    """Block 5 on 6x6 leaves 4 of 36 pixels as seed centres and one eligible top pixel: the layer
+    would drop in few samples. It says so once per map size, not at sizes where blocks fit."""
+    layer = ck.CamDrop2d(0.3, 5, guidance="self").train()
+    with pytest.warns(UserWarning, match=r"on a 6x6 map: only 4 of its 36 pixels can centre a whole block, and 1 top "
+                                         r"pixel is eligible"):
+        layer(torch.randn(2, 8, 6, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(torch.randn(2, 8, 6, 6))  # once per size
+        layer(torch.randn(3, 8, 6, 6))  # (another batch size, the same map)
+        layer(torch.randn(2, 8, 14, 14))  # 100 of 196 centres
+        ck.CamDrop2d(0.3, 3, guidance="self").train()(torch.randn(2, 8, 7, 7))  # 25 of 49
+        ck.CamDrop2d(0.0, 5, guidance="self").train()(torch.randn(2, 8, 6, 6))  # rate 0: nothing asked
+    with pytest.warns(UserWarning, match=r"CamDrop1d \(block_size=7\) on a 7 map: only 1 of its 7 pixels"):
+        ck.CamDrop1d(0.3, 7, guidance="self").train()(torch.randn(2, 4, 7))
