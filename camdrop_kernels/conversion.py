@@ -166,10 +166,11 @@ def _stage_places(model: nn.Module, levels: List[List[str]], k: int) -> List[str
                 places.append(_slot(block, names[block]))
     if not places:  # (never a model converted to nothing without a word)
         raise ValueError(
-            f"convert found no conv blocks in the last {k} stage{'s' * (k != 1)} of {type(model).__name__} "
-            f"({', '.join(repr(lv[-1]) for lv in levels[-k:])}): they hold no spatial convolutions (a transformer's "
-            "stages: CamDrop's token maps cover timm's VisionTransformer family and torchvision's vit_*). Name the "
-            f"modules whose outputs are conv feature maps (N, C, H, W) with where=, if any{_candidates(model)}")
+            f"convert found no conv blocks in the last {k} stage{'s' * (k != 1)} of {type(model).__name__} as it "
+            f"reads them ({', '.join(repr(lv[-1]) for lv in levels[-k:] if lv)}): no block there holds a spatial "
+            "convolution (a transformer's or MLP's stages, which CamDrop does not cover beyond the ViT, Swin and "
+            "MambaOut families; or stages convert misread). Name the modules whose outputs are conv feature maps "
+            f"(N, C, H, W) with where=, if any{_candidates(model)}")
     return places
 
 
@@ -210,7 +211,7 @@ def _token_places(model: nn.Module, vit: structure.VitPlan, where: Where) -> Lis
                         f"list of these; got {type(where).__name__}")
     else:
         names = _named_places(model, where)
-    return [Place(name, 2, None, False, (vit.prefix, vit.grid)) for name in names]
+    return [Place(name, 2, None, False, (vit.prefix_at(name), vit.grid)) for name in names]
 
 
 def _grid_places(model: nn.Module, stages: List[List[str]], where: Where) -> List[Place]:
@@ -397,6 +398,12 @@ def convert(
             raise ValueError(f"classifier {classifier!r} is not a submodule of {type(model_).__name__}: pass the "
                              "final linear layer or its name") from exc
     elif classifier is None:
+        vit = structure.vit_plan(model_)
+        if vit is not None and vit.classifier is None:
+            raise ValueError(
+                f"{type(model_).__name__} has {vit.pool}: no linear layer reads one feature per channel, so classifier "
+                "guidance has no weights to follow. Use guidance='self' (convert's default for vision transformers), "
+                "or pass classifier= a linear layer on the pooled channels")
         classifier = find_classifier(model_)
     if not self_guided and not isinstance(classifier, nn.Module):
         raise TypeError(f"classifier must be a module (the final nn.Linear) or its name; got "

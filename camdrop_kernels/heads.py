@@ -367,7 +367,7 @@ def layout_for(model: nn.Module, classifier: nn.Module, *, strict: bool = True) 
     average pooling and the final norm folded it is exact up to a per-sample scale and shift."""
     model = unwrap(model)
     plan = structure.vit_plan(model)
-    if plan is not None and model.get_submodule(plan.classifier) is classifier:
+    if plan is not None and plan.classifier is not None and model.get_submodule(plan.classifier) is classifier:
         C = int(classifier.weight.shape[1])
         return HeadLayout(plan.classifier, C, C, pool=plan.pool, norm=plan.norm or "")
     return head_layout(model, classifier, strict=strict)

@@ -296,6 +296,10 @@ class CamDropNd(nn.Module):
         return self.rank + 2
 
     @property
+    def input_layout(self) -> str:
+        return ("(N, C, L)", "(N, C, H, W)", "(N, C, D, H, W)")[self.rank - 1]
+
+    @property
     def last_dropped_fraction(self) -> Optional[torch.Tensor]:
         """Share of the last training batch's elements that were dropped, a 0-d float32 device
         tensor (computing it does not sync; reading its value does). None before the first one."""

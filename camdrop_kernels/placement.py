@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+import torch
+import torch.fx
 from torch import Tensor, nn
 
 _PLACES = "_camdrop_places"  # root.__dict__ entry: [(module name, layer)], copied by deepcopy and pickle
@@ -42,18 +44,21 @@ class CamDropAfter:
         layer = self.module.camdrop
         dims = getattr(layer, "input_dims", None)
         if dims is not None and not (isinstance(output, Tensor) and output.dim() == dims) \
-                and getattr(layer, "camdrop", layer).training:
-            got = f"a {tuple(output.shape)} tensor" if isinstance(output, Tensor) else f"a {type(output).__name__}"
-            where = getattr(self, "name", None) or type(module).__name__  # (hooks pickled before names: none)
-            raise ValueError(
-                f"the CamDrop layer after {where!r} expects a {dims}-D input ({_EXPECTED.get(dims, 'a map')}) but that "
-                f"module returned {got}: its output is not the feature map convert placed the layer for (a "
-                "transformer block's tokens, a tuple). Convert with where= naming modules whose outputs are conv "
-                "feature maps (N, C, H, W), or remove the layer")
+                and not isinstance(output, torch.fx.Proxy) and getattr(layer, "camdrop", layer).training:
+            raise ValueError(self._mismatch(module, layer, output))
         return layer(output)
 
-
-_EXPECTED = {3: "(N, C, L) or (N, L, C) tokens", 4: "an (N, C, H, W) map", 5: "an (N, C, D, H, W) map"}
+    def _mismatch(self, module: nn.Module, layer: nn.Module, output) -> str:
+        where = getattr(self, "name", None) or type(module).__name__  # (hooks pickled before names: none)
+        layout = getattr(layer, "input_layout", "map")
+        if isinstance(output, Tensor):
+            return (f"the CamDrop layer after {where!r} expects an {layout} input but that module returned a "
+                    f"{tuple(output.shape)} tensor. If it is a map of another rank, pass convert rank="
+                    f"{max(1, min(3, output.dim() - 2))}; if it is not a feature map (a transformer block's tokens), "
+                    "convert with where= naming modules whose outputs are feature maps")
+        return (f"the CamDrop layer after {where!r} expects an {layout} input but that module returned a "
+                f"{type(output).__name__}, not a feature map: convert with where= naming modules whose outputs are "
+                "feature maps")
 
 
 def _hooked(target: nn.Module, layer: nn.Module) -> bool:

@@ -71,7 +71,7 @@ def _blocks(member: nn.Module) -> List[nn.Module]:
 def _hookable(block: nn.Module) -> List[nn.Module]:
     """A container subclass with its own forward (timm RDNet's DenseStage iterates itself) cannot
     take a ``camdrop`` child, which would join its iteration: its blocks are its children."""
-    if isinstance(block, CONTAINERS) and not is_container(block):
+    if isinstance(block, CONTAINERS) and not is_container(block) and type(block).forward is not nn.Sequential.forward:
         inner = [c for c in block.children() if has_spatial_conv(c)]
         if inner:
             return inner
@@ -90,6 +90,7 @@ def timm_levels(model: nn.Module) -> Optional[List[List[str]]]:
         points = [entry["module"] for entry in info if entry["module"]]
     except (TypeError, KeyError):
         return None
+    points = list(dict.fromkeys(points))  # (CoaT names one module for several levels)
     modules = dict(model.named_modules())
     if not points or any(p not in modules for p in points):
         return None
@@ -104,9 +105,10 @@ def timm_levels(model: nn.Module) -> Optional[List[List[str]]]:
             start = 0
         else:
             start = end
-        levels.append(siblings[start:end + 1])
+        if end >= start:
+            levels.append(siblings[start:end + 1])
         previous = point
-    return levels
+    return levels or None
 
 
 def downsamples(module: nn.Module) -> bool:
@@ -140,7 +142,8 @@ def torchvision_levels(model: nn.Module) -> Optional[List[List[str]]]:
             return _split(trunk.named_children(), f"{attr}.")
     # torchvision models whose trunk is their own children, in forward order (the aux heads and
     # the classifier, which hold a Linear, left out), or a `layers` Sequential (MNASNet).
-    kind = _TORCHVISION_TRUNKS.get(f"{type(model).__module__}.{type(model).__name__}")
+    kind = next((kind for (module, name), kind in _TORCHVISION_TRUNKS.items()
+                 if isinstance(model, getattr(sys.modules.get(module), name, ()))), None)  # (subclasses too)
     if kind == "children":
         return _split(((n, c) for n, c in model.named_children()
                        if not any(isinstance(m, nn.Linear) for m in c.modules())), "")
@@ -149,10 +152,10 @@ def torchvision_levels(model: nn.Module) -> Optional[List[List[str]]]:
     return None
 
 
-_TORCHVISION_TRUNKS = {"torchvision.models.googlenet.GoogLeNet": "children",
-                       "torchvision.models.inception.Inception3": "children",
-                       "torchvision.models.shufflenetv2.ShuffleNetV2": "children",
-                       "torchvision.models.mnasnet.MNASNet": "layers"}
+_TORCHVISION_TRUNKS = {("torchvision.models.googlenet", "GoogLeNet"): "children",
+                       ("torchvision.models.inception", "Inception3"): "children",
+                       ("torchvision.models.shufflenetv2", "ShuffleNetV2"): "children",
+                       ("torchvision.models.mnasnet", "MNASNet"): "layers"}
 
 
 def _split(children, prefix: str) -> Optional[List[List[str]]]:
@@ -233,9 +236,17 @@ class VitPlan(NamedTuple):
     blocks: List[str]  # the blocks' module names, in order
     prefix: int  # class / distillation / register tokens before the patches
     grid: Tuple[int, int]  # patch rows and columns at the model's image size
-    classifier: str  # the head's module name
+    classifier: Optional[str]  # the head's module name; None when no linear head reads one feature per channel
     norm: Optional[str]  # the LayerNorm between the last block and the head (folded into the guidance)
-    pool: str  # how the head reads the tokens, for messages
+    pool: str  # how the head reads the tokens (or why there is no classifier), for messages
+    local: int = 0  # the first blocks that carry no prefix tokens (ConViT adds its class token later)
+
+    def prefix_at(self, name: str) -> int:
+        """The prefix tokens in the output of ``name`` (a block, or a module inside one)."""
+        for index, block in enumerate(self.blocks):
+            if name == block or name.startswith(block + "."):
+                return 0 if index < self.local else self.prefix
+        return self.prefix
 
 
 def vit_plan(model: nn.Module) -> Optional[VitPlan]:
@@ -247,29 +258,36 @@ def vit_plan(model: nn.Module) -> Optional[VitPlan]:
         # CaiT's class token joins only in its class-attention blocks after ``blocks``: the
         # blocks CamDrop follows carry the patch tokens alone.
         prefix = 0 if isinstance(getattr(model, "blocks_token_only", None), nn.Module) else int(model.num_prefix_tokens)
+        # ConViT adds its class token after its first local_up_to_layer blocks
+        local = int(getattr(model, "local_up_to_layer", 0) or 0) if prefix else 0
         grid = tuple(getattr(embed, "grid_size", ()) or ())
-        head = getattr(model, "head", None)
-        if len(grid) != 2 or not isinstance(head, nn.Linear):
+        if len(grid) != 2:
             return None
+        head = getattr(model, "head", None)
         fc_norm, norm = getattr(model, "fc_norm", None), getattr(model, "norm", None)
         pool = getattr(model, "global_pool", "token")
-        if pool not in ("token", "avg", "avgmax", "max"):
-            return None  # ('map': an attention-pooling head mixes the channels; '': no pooling)
         # The norm that reaches the head: fc_norm after average pooling, else the final norm.
         reaching = fc_norm if pool != "token" and _is_norm(fc_norm) else norm
-        return VitPlan([names[b] for b in blocks], prefix, (int(grid[0]), int(grid[1])),
-                       names[head], names[reaching] if _is_norm(reaching) else None,
-                       "the class token" if pool == "token" else f"the patch tokens pooled ({pool!r})")
+        how = "the class token" if pool == "token" else f"the patch tokens pooled ({pool!r})"
+        classifier = names[head] if isinstance(head, nn.Linear) else None
+        if classifier is None:
+            how = "no linear head (created with num_classes=0?)"
+        elif pool not in ("token", "avg", "avgmax", "max"):
+            classifier = None  # ('map': an attention-pooling head mixes the channels; '': no pooling)
+            how = f"global_pool={pool!r}, a head that does not read one feature per channel"
+        return VitPlan([names[b] for b in blocks], prefix, (int(grid[0]), int(grid[1])), classifier,
+                       names[reaching] if _is_norm(reaching) else None, how, local)
     encoder = getattr(model, "encoder", None)
     layers = getattr(encoder, "layers", None)
     if isinstance(layers, nn.Sequential) and hasattr(model, "image_size") and hasattr(model, "patch_size") \
             and hasattr(model, "class_token"):
         heads = getattr(model, "heads", None)
         head = getattr(heads, "head", None) if isinstance(heads, nn.Module) else None
-        if not isinstance(head, nn.Linear):
-            return None  # (a hidden pre-logits layer: the CAM has no channel weights to read)
         side = int(model.image_size) // int(model.patch_size)
         ln = getattr(encoder, "ln", None)
+        if not isinstance(head, nn.Linear) or len(heads) != 1:  # (a hidden pre-logits layer: no channel weights)
+            return VitPlan([names[b] for b in layers], 1, (side, side), None, None,
+                           "a hidden pre-logits layer before the head")
         return VitPlan([names[b] for b in layers], 1, (side, side), names[head], names[ln] if _is_norm(ln) else None,
                        "the class token")
     return None
@@ -291,6 +309,13 @@ def nhwc_stages(model: nn.Module) -> Optional[List[List[str]]]:
                     all(isinstance(getattr(stage, "blocks", None), (nn.Sequential, nn.ModuleList)) for stage in stages):
                 return [[f"{attr}.{i}.blocks.{j}" for j in range(len(stage.blocks))] for i, stage in enumerate(stages)]
         return None
+    tiny_vit = sys.modules.get("timm.models.tiny_vit")
+    if tiny_vit is not None and isinstance(model, tiny_vit.TinyVit):
+        # its attention stages run their blocks on (N, H, W, C) and permute back; the first stage
+        # (MBConvs) is an ordinary conv stage, outside this list (where= can name it)
+        found = [[f"stages.{i}.blocks.{j}" for j in range(len(stage.blocks))] for i, stage in enumerate(model.stages)
+                 if isinstance(stage, tiny_vit.TinyVitStage)]
+        return found or None
     swin = sys.modules.get("torchvision.models.swin_transformer")
     if swin is not None and isinstance(model, swin.SwinTransformer):
         kinds = (swin.SwinTransformerBlock, swin.SwinTransformerBlockV2)

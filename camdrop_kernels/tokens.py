@@ -34,6 +34,7 @@ class TokenMap(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
 
     input_dims = 3  # (N, L, C) tokens (read by convert's hook)
+    input_layout = "(N, L, C) tokens"
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if not self.camdrop.training:
@@ -71,6 +72,7 @@ class GridMap(nn.Module):
     layer is in eval mode (its mode decides, as for :class:`TokenMap`)."""
 
     input_dims = 4  # (read by convert's hook)
+    input_layout = "(N, H, W, C) map"
 
     def __init__(self, camdrop: CamDrop2d) -> None:
         super().__init__()

@@ -31,7 +31,7 @@ CLASSES = 5
 
 def meta_timm(name, **kwargs):
     with torch.device("meta"):
-        return timm.create_model(name, num_classes=CLASSES, **kwargs)
+        return timm.create_model(name, **{"num_classes": CLASSES, **kwargs})
 
 
 def meta_tv(name, **kwargs):
@@ -181,12 +181,15 @@ class TokenBlock(nn.Module):
         return self.conv(x).flatten(2).transpose(1, 2)
 
 
-@pytest.mark.parametrize("block,got", [(TupleBlock, "a tuple"), (TokenBlock, r"a \(2, 36, 4\) tensor")])
+@pytest.mark.parametrize("block,got", [(TupleBlock, "a tuple, not a feature map"),
+                                       (TokenBlock, r"a \(2, 36, 4\) tensor. If it is a map of another rank, pass "
+                                                    r"convert rank=1")])
 def test_a_layer_after_a_module_that_returns_no_map_names_the_place(block, got):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), block())
     ck.convert(model, where="1", guidance="self")
     x = torch.randn(2, 3, 6, 6)
-    with pytest.raises(ValueError, match=rf"CamDrop layer after '1' expects a 4-D input .* returned {got}"):
+    with pytest.raises(ValueError, match=rf"CamDrop layer after '1' expects an \(N, C, H, W\) input but that module "
+                                         rf"returned {got}"):
         with ck.targets(model, torch.tensor([0, 1])):
             model.train()(x)
     model.eval()(x)  # eval passes whatever the module returns
@@ -273,3 +276,77 @@ def test_mambaout_drops_along_the_right_axes():
     model = timm.create_model("mambaout_femto", num_classes=CLASSES)
     layers = train_step_drops(model, (224, 224), guidance="self")
     assert len(layers) == 12
+
+
+# -- from a hostile review of the above ------------------------------------------------------------
+def test_fx_feature_extraction_of_a_converted_model_in_training_mode():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = ck.convert(tv.mobilenet_v2(num_classes=CLASSES)).train()  # (hooks on blocks fx traces into)
+    extractor = create_feature_extractor(model, return_nodes={"features.17": "out"})
+    with ck.targets(extractor, torch.tensor([0, 1])):
+        out = extractor(torch.randn(2, 3, 64, 64))["out"]
+    assert out.shape == (2, 320, 2, 2)
+    torch.fx.symbolic_trace(model)
+
+
+def test_sequential_subclasses_with_the_plain_forward_stay_one_place():
+    # timm StarNet's ConvBN and torchvision's Conv2dNormActivation: the layer after the norm, not on the conv
+    places = [p.name for p in ck.conversion_places(meta_timm("starnet_s1"))]
+    assert "stages.2.0" in places and not any(name.endswith(".conv") for name in places)
+    stem = ck.conversion_places(meta_tv("convnext_tiny"), where=4)[0]
+    assert stem.name == "features.0"
+
+
+@pytest.mark.parametrize("name", ["coat_tiny", "coat_lite_tiny"])
+def test_feature_info_naming_one_module_twice_is_read(name):
+    try:
+        places = ck.conversion_places(meta_timm(name))
+    except ValueError as e:  # (refused with a message, never an IndexError)
+        assert "where=" in str(e)
+    else:
+        assert places
+
+
+def test_convit_blocks_before_its_class_token_carry_none():
+    model = meta_timm("convit_tiny")
+    places = ck.conversion_places(model)
+    local = model.local_up_to_layer
+    assert [p.tokens[0] for p in places] == [0 if int(p.name.split(".")[1]) < local else 1 for p in places]
+    assert {p.tokens[0] for p in places} == {0, 1}
+
+
+def test_convit_trains_and_drops():
+    torch.manual_seed(0)
+    train_step_drops(timm.create_model("convit_tiny", num_classes=CLASSES), (224, 224))
+
+
+def test_tiny_vit_attention_stages_are_nhwc():
+    places = ck.conversion_places(meta_timm("tiny_vit_5m_224"))
+    assert [p.name for p in places] == [f"stages.2.blocks.{i}" for i in range(6)] + \
+        [f"stages.3.blocks.{i}" for i in range(2)]
+    assert all(p.nhwc for p in places)
+
+
+def test_vits_without_a_linear_head_take_self_guidance_and_refuse_the_classifiers():
+    headless = meta_timm("vit_tiny_patch16_224", num_classes=0)
+    assert len(ck.camdrop_layers(ck.convert(copy.deepcopy(headless)))) == 4  # (self guidance, the default)
+    with pytest.raises(ValueError, match=r"has no linear head .* Use guidance='self'"):
+        ck.convert(headless, guidance="classifier")
+    with pytest.raises(ValueError, match=r"global_pool='map'.* Use guidance='self'"):
+        ck.convert(meta_timm("vit_tiny_patch16_224", global_pool="map"), guidance="classifier")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hidden = meta_tv("vit_b_16", representation_size=64)
+    with pytest.raises(ValueError, match="a hidden pre-logits layer"):
+        ck.convert(hidden, guidance="classifier")
+
+
+def test_subclasses_of_torchvision_trunk_models_get_their_stages():
+    from torchvision.models import quantization
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = quantization.googlenet(weights=None, num_classes=CLASSES, init_weights=False)
+    assert [p.name for p in ck.conversion_places(model)][-2:] == ["inception5a", "inception5b"]
