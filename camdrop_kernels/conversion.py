@@ -468,6 +468,24 @@ def convert(
     return model
 
 
+def unconvert(model: nn.Module) -> nn.Module:
+    """Remove every CamDrop layer from ``model``, in place; returns ``model``.
+
+    Layers ``convert`` hooked after a module lose their hook and ``camdrop`` child; layers in a slot
+    (timm's ``drop_block``, a replaced DropBlock, a layer of the model's own) give way to
+    ``nn.Identity``. Weights and ``state_dict`` keys are untouched: the result is the plain model,
+    e.g. for ``torch.jit.script`` (which cannot compile the layers' Python) or for training without
+    CamDrop."""
+    validation.check_module("model", model)
+    root = _unwrap(model)
+    placement.detach_all(root)
+    for module in list(root.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, (CamDropNd, TokenMap, GridMap)):
+                setattr(module, name, nn.Identity())
+    return model
+
+
 def _shortlist(names: Sequence[str], limit: int = 4) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
@@ -524,5 +542,5 @@ def convert_resnet(
     return convert(model, drop_prob, block_size, where, classifier, stage_scaling=stage_scaling, **camdrop_kwargs)
 
 
-__all__ = ["convert", "convert_resnet", "conversion_places", "find_classifier", "head_layout", "HeadLayout", "Place",
+__all__ = ["convert", "convert_resnet", "conversion_places", "unconvert", "find_classifier", "head_layout", "HeadLayout", "Place",
            "DEFAULT_BLOCK_SIZE"]

@@ -101,6 +101,21 @@ def restore(root: nn.Module) -> int:
     return restored
 
 
+def detach_all(root: nn.Module) -> int:
+    """Remove every CamDropAfter hook and the ``camdrop`` child it runs, and the place list; returns
+    how many were removed."""
+    removed = 0
+    for module in root.modules():
+        keys = [key for key, hook in module._forward_hooks.items() if isinstance(hook, CamDropAfter)]
+        for key in keys:
+            del module._forward_hooks[key]
+        if keys and "camdrop" in module._modules:
+            del module._modules["camdrop"]
+            removed += 1
+    root.__dict__.pop(_PLACES, None)
+    return removed
+
+
 def lost(root: nn.Module) -> list:
     """The names of places whose module no longer exists in the model (its layer cannot run)."""
     names = []

@@ -350,3 +350,46 @@ def test_subclasses_of_torchvision_trunk_models_get_their_stages():
         warnings.simplefilter("ignore")
         model = quantization.googlenet(weights=None, num_classes=CLASSES, init_weights=False)
     assert [p.name for p in ck.conversion_places(model)][-2:] == ["inception5a", "inception5b"]
+
+
+# -- unconvert: the plain model back (deployment: torch.jit.script) ----------------------------------
+@pytest.mark.parametrize("build,size", [
+    (lambda: tv.resnet18(num_classes=CLASSES), (64, 64)),
+    (lambda: timm.create_model("resnet18", num_classes=CLASSES), (64, 64)),  # drop_block slots
+    (lambda: timm.create_model("vit_tiny_patch16_224", num_classes=CLASSES), (224, 224)),  # TokenMap hooks
+    (lambda: timm.create_model("swin_tiny_patch4_window7_224", num_classes=CLASSES), (224, 224)),  # GridMap
+], ids=["torchvision resnet18", "timm resnet18", "vit", "swin"])
+def test_unconvert_gives_the_plain_model_back(build, size):
+    torch.manual_seed(0)
+    model = build()
+    plain = copy.deepcopy(model)
+    ck.convert(model, drop_prob=0.3)
+    x = torch.randn(2, 3, *size)
+    with ck.targets(model.train(), torch.tensor([0, 1])):
+        model(x).sum().backward()  # (a training step: the layers ran)
+    assert ck.unconvert(model) is model
+    assert not ck.camdrop_layers(model)
+    assert not any(isinstance(h, ck.placement.CamDropAfter) for m in model.modules() for h in m._forward_hooks.values())
+    assert "camdrop" not in dict(model.named_modules()) and not any(".camdrop" in n for n, _ in model.named_modules())
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    a = model.train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, plain.train()(x))  # training mode too: nothing of CamDrop left
+    with pytest.raises(ValueError, match="no CamDrop layers"):
+        with ck.targets(model, torch.tensor([0, 1])):
+            pass
+
+
+@pytest.mark.parametrize("build", [lambda: tv.resnet18(num_classes=CLASSES),
+                                   lambda: timm.create_model("resnet18", num_classes=CLASSES)],
+                         ids=["torchvision", "timm"])
+def test_a_converted_model_scripts_after_unconvert(build):
+    torch.manual_seed(0)
+    model = ck.convert(build()).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(Exception):
+        torch.jit.script(model)  # (the layers' Python and the hooks are not TorchScript)
+    scripted = torch.jit.script(ck.unconvert(copy.deepcopy(model)))
+    assert torch.equal(scripted(x), model(x))
