@@ -137,3 +137,42 @@ def test_a_named_classifier_asks_for_classifier_guidance_on_a_vit():
         ck.convert(model, drop_prob=0.2, classifier=model.head)
     layers = ck.camdrop_layers(model)
     assert layers and all(layer.guidance == "classifier" and layer.classifier is model.head for layer in layers)
+
+
+def tiny_swin():
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return SwinTransformer(img_size=64, patch_size=4, window_size=2, embed_dim=16, depths=(1, 1, 2, 1),
+                           num_heads=(1, 1, 2, 2), num_classes=4)
+
+
+def test_grid_maps_compile_and_follow_the_schedule_as_eager():
+    """(N, H, W, C) models (Swin: GridMap layers) under torch.compile: the same outputs as eager bit
+    for bit, a drop-rate schedule without recompiling."""
+    torch._dynamo.reset()
+    eager = ck.convert(tiny_swin(), drop_prob=0.3, block_size=3).train()
+    model = copy.deepcopy(eager)
+    grids = [m for m in model.modules() if isinstance(m, ck.tokens.GridMap)]
+    assert len(grids) == len(ck.camdrop_layers(model)) == 3  # (every block of the last two stages)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    counters = torch._dynamo.utils.counters
+    for step in range(3):
+        rate = ck.linear_ramp(step + 1, 3, 0.3)
+        ck.set_drop_prob(model, rate)
+        ck.set_drop_prob(eager, rate)
+        torch.manual_seed(step)
+        with ck.targets(compiled, y):
+            got = compiled(x)
+        torch.manual_seed(step)
+        with ck.targets(eager, y):
+            want = eager(x)
+        assert torch.equal(got, want)
+        got.sum().backward()
+        if step == 0:
+            frames = dict(counters["stats"])["unique_graphs"]
+    assert dict(counters["stats"])["unique_graphs"] == frames  # (no recompile as the rate changes)
+    assert all(s["ran"] for s in ck.dropped_stats(model).values())
+    assert sum(float(layer.last_dropped.sum()) for layer in ck.camdrop_layers(model)) > 0
+    torch._dynamo.reset()
