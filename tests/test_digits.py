@@ -157,3 +157,19 @@ def test_digits_paired_t_test():
     diffs = [2.776445 * 0.1 / 5 ** 0.5 + 0.1 * z / 2.5 ** 0.5 for z in (-2, -1, 0, 1, 2)]  # sd 0.1
     assert digits.paired(diffs, [0.0] * 5)["p"] == pytest.approx(0.05, abs=1e-6)
     assert digits.paired([0.5, 0.5], [0.5, 0.5])["p"] is None
+
+
+@pytest.mark.parametrize("folder", ["results", "results/confirm"])
+def test_shipped_reports_rerender_from_their_runs(folder, tmp_path):
+    """The shipped tables are what the analysis makes of the shipped per-seed runs (the 5-seed
+    exploratory run and the declared 20-seed confirmatory one, with its primary family)."""
+    shipped = EXAMPLES / folder
+    (tmp_path / "digits.json").write_text((shipped / "digits.json").read_text())
+    report = digits.rerender(tmp_path)
+    assert report["markdown"] == (shipped / "digits.md").read_text()
+    if folder.endswith("confirm"):
+        saved = json.loads((shipped / "digits.json").read_text())
+        assert saved["settings"]["seeds"] == list(range(5, 25))
+        assert [(r["a"], r["b"]) for r in report["primary"]] == [("camdrop", "none"), ("camdrop_self", "none"),
+                                                                   ("camdrop", "dropblock")]
+        assert all(r["holm"] < 0.05 and r["low"] > 0 for r in report["primary"])
