@@ -50,7 +50,7 @@ class Place(NamedTuple):
     stage: Optional[int]  # counted from the last stage (0 = last); None when outside the known stages
     replace: bool  # an nn.Identity slot (e.g. timm's drop_block), or a DropBlock layer, that the layer replaces
     tokens: Optional[Tuple[int, Tuple[int, int]]] = None  # a ViT place: (prefix tokens, patch grid (h, w))
-    nhwc: bool = False  # the place outputs an (N, H, W, C) map (Swin, MambaOut: structure.nhwc_stages)
+    nhwc: bool = False  # the place outputs an (N, H, W, C) map (Swin, MambaOut: structure.nhwc_plan)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,10 +214,12 @@ def _token_places(model: nn.Module, vit: structure.VitPlan, where: Where) -> Lis
     return [Place(name, 2, None, False, (vit.prefix_at(name), vit.grid)) for name in names]
 
 
-def _grid_places(model: nn.Module, stages: List[List[str]], where: Where) -> List[Place]:
+def _grid_places(model: nn.Module, plan: structure.GridPlan, where: Where) -> List[Place]:
     """The places of a model whose blocks output (N, H, W, C) maps: the blocks of the last k stages
-    (where None: 2), or the modules named (those inside the grid stages take the (N, H, W, C) view;
-    others, e.g. a conv stem, are ordinary places)."""
+    (where None: 2), or the blocks, their Sequentials and stages named. Other modules of such a model
+    are refused: their outputs' layout is not known (a Swin's stem and norms are (N, H, W, C), its
+    convs (N, C, H, W))."""
+    stages = plan.stages
     if where is None or validation.is_int(where):
         k = DEFAULT_STAGES if where is None else where
         if not 1 <= k <= len(stages):
@@ -227,18 +229,22 @@ def _grid_places(model: nn.Module, stages: List[List[str]], where: Where) -> Lis
     if isinstance(where, bool) or not isinstance(where, (str, nn.Module, list, tuple)):
         raise TypeError(f"where must be None, an int (the last k stages), a module name or pattern, a module, or a "
                         f"list of these; got {type(where).__name__}")
-    grid_names = {}  # every block, its Sequential and its stage -> stage index from the last
+    stage_of = {}  # every block and grid container -> its stage, counted from the last
     for index, stage in enumerate(stages):
         for name in stage:
-            parent = name.rpartition(".")[0]
-            for key in (name, parent, parent.rpartition(".")[0] if parent.endswith(".blocks") else parent):
-                grid_names[key] = len(stages) - 1 - index
+            stage_of[name] = len(stages) - 1 - index
+    for name in plan.containers:
+        inside = [stage_of[b] for b in stage_of if b.startswith(name + ".")]
+        if inside:
+            stage_of[name] = inside[0]
     places = []
     for name in _named_places(model, where):
-        if name in grid_names:
-            places.append(Place(name, 2, grid_names[name], False, None, True))
-        else:
-            places += _map_places(model, [name], None, None)
+        if name not in stage_of:
+            raise ValueError(
+                f"{type(model).__name__} keeps (N, H, W, C) maps in its blocks and (N, C, H, W) ones elsewhere: convert "
+                f"knows the layout of its blocks and stages only, and {name!r} is neither. Name blocks or stages "
+                f"(e.g. {stages[-1][0]!r}, or where=1 for the last stage's blocks)")
+        places.append(Place(name, 2, stage_of[name], False, None, True))
     return places
 
 
@@ -285,9 +291,9 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
     vit = structure.vit_plan(model)
     if vit is not None:
         return _token_places(model, vit, where)
-    grids = structure.nhwc_stages(model)
-    if grids is not None:
-        return _grid_places(model, grids, where)
+    grid = structure.nhwc_plan(model)
+    if grid is not None:
+        return _grid_places(model, grid, where)
     levels = structure.levels(model)
     if where is None:
         where = DEFAULT_STAGES
@@ -372,7 +378,7 @@ def convert(
         raise TypeError("convert sets drop_prob_scale itself (stage_scaling); pass stage_scaling=False for one rate")
     model_ = _unwrap(model)
     named_classifier = classifier is not None
-    if structure.vit_plan(model_) is not None or structure.nhwc_stages(model_) is not None:
+    if structure.vit_plan(model_) is not None or structure.nhwc_plan(model_) is not None:
         if "guidance" not in options and classifier is None:
             # Vision transformers learn to read the label off a classifier-guided mask (their
             # residual stream is signed: the zeroed top channels of the true class are a visible
@@ -478,6 +484,7 @@ def unconvert(model: nn.Module) -> nn.Module:
     CamDrop."""
     validation.check_module("model", model)
     root = _unwrap(model)
+    placement.restore(root)  # (a module swap may have dropped a hook and kept its camdrop child)
     placement.detach_all(root)
     for module in list(root.modules()):
         for name, child in list(module.named_children()):

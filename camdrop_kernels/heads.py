@@ -370,4 +370,11 @@ def layout_for(model: nn.Module, classifier: nn.Module, *, strict: bool = True) 
     if plan is not None and plan.classifier is not None and model.get_submodule(plan.classifier) is classifier:
         C = int(classifier.weight.shape[1])
         return HeadLayout(plan.classifier, C, C, pool=plan.pool, norm=plan.norm or "")
-    return head_layout(model, classifier, strict=strict)
+    layout = head_layout(model, classifier, strict=strict)
+    grid = structure.nhwc_plan(model)
+    if layout is not None and grid is not None and grid.norm and not layout.norm \
+            and model.get_submodule(grid.norm).normalized_shape[0] == layout.channels:
+        # (Swin: the final LayerNorm runs on every position before the head pools: its gain is each
+        # channel's, folded as for a ViT's)
+        layout = layout._replace(norm=grid.norm)
+    return layout

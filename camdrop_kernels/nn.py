@@ -264,22 +264,25 @@ class CamDropNd(nn.Module):
         if numel != guide.numel or guide.mark() != guide.eager_mark:
             self._buffers["_numel"].fill_(numel)
             guide.numel = numel
+        if x.shape[2:] != self.__dict__.get("_map_size_seen") and self._p != 0.0:
             self._check_map_size(x)
         guide.record(dropped, rate, compiling)
         guide.eager_mark = guide.mark()
 
     def _check_map_size(self, x: torch.Tensor) -> None:
         """Warn once per map size when the block leaves fewer than a quarter of the pixels as seed
-        centres (SPEC step 3: the whole block inside the map): with the default top_pixels the layer
-        then drops in few samples, if any (e.g. block 5 on 6x6: 4 of 36 pixels; block 3 on 3x3: 1 of
-        9), which would otherwise show only as a share near 0 in the statistics."""
+        centres (SPEC step 3: the whole block inside the map) and top_pixels is the default
+        (P // block area): the layer then drops in few samples, if any (e.g. block 5 on 6x6: 4 of 36
+        pixels, 1 top pixel; block 3 on 3x3: 1 of 9), which would otherwise show only as a share near
+        0 in the statistics. Eager forwards only (a compiled one does not warn)."""
         spatial = tuple(x.shape[2:])
+        self.__dict__["_map_size_seen"] = x.shape[2:]
         seen = self.__dict__.setdefault("_map_sizes_checked", set())
-        if spatial in seen or self._p == 0.0 or x.dim() != self.rank + 2:
+        if spatial in seen or x.dim() != self.rank + 2:
             return
         seen.add(spatial)
         g = self.options.geometry(x.shape[1], spatial)
-        if 4 * g.num_valid < g.P:
+        if 4 * g.num_valid < g.P and self.options.top_pixels is None:  # (a chosen top_pixels is the user's call)
             size = "x".join(map(str, spatial))
             warnings.warn(
                 f"{type(self).__name__} (block_size={self.options.block_size}) on a {size} map: only {g.num_valid} of "

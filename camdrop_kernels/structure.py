@@ -298,28 +298,51 @@ def _is_norm(module) -> bool:
 
 
 # -- (N, H, W, C) maps ---------------------------------------------------------------------------
-def nhwc_stages(model: nn.Module) -> Optional[List[List[str]]]:
-    """Each stage's block names for models whose blocks output (N, H, W, C) maps: timm models with
-    ``output_fmt == "NHWC"`` and stages of ``blocks`` (Swin, SwinV2, MambaOut, Sequencer), and
-    torchvision's Swin Transformers (V1, V2); None for other models."""
+class GridPlan(NamedTuple):
+    """A model whose blocks output (N, H, W, C) maps (see :func:`nhwc_plan`)."""
+
+    stages: List[List[str]]  # each stage's block names, in order
+    containers: List[str]  # other modules whose outputs are (N, H, W, C) maps: the blocks' Sequential, the stage
+    norm: Optional[str]  # the LayerNorm over the channels before the head (its gain is folded into the guidance)
+
+
+def nhwc_plan(model: nn.Module) -> Optional[GridPlan]:
+    """The stages of models whose blocks output (N, H, W, C) maps: timm models with ``output_fmt ==
+    "NHWC"`` and stages of ``blocks`` (Swin, SwinV2, MambaOut, Sequencer), timm TinyViT's attention
+    stages, torchvision's Swin Transformers (V1, V2); None for other models."""
+    norm = getattr(model, "norm", None)
+    norm_name = "norm" if is_channel_norm(norm) else None
     if getattr(model, "output_fmt", None) == "NHWC":
         for attr in ("layers", "stages"):
             stages = getattr(model, attr, None)
             if isinstance(stages, nn.Sequential) and len(stages) and \
                     all(isinstance(getattr(stage, "blocks", None), (nn.Sequential, nn.ModuleList)) for stage in stages):
-                return [[f"{attr}.{i}.blocks.{j}" for j in range(len(stage.blocks))] for i, stage in enumerate(stages)]
+                return GridPlan([[f"{attr}.{i}.blocks.{j}" for j in range(len(stage.blocks))]
+                                 for i, stage in enumerate(stages)],
+                                [f"{attr}.{i}{tail}" for i in range(len(stages)) for tail in ("", ".blocks")], norm_name)
         return None
     tiny_vit = sys.modules.get("timm.models.tiny_vit")
     if tiny_vit is not None and isinstance(model, tiny_vit.TinyVit):
-        # its attention stages run their blocks on (N, H, W, C) and permute back; the first stage
-        # (MBConvs) is an ordinary conv stage, outside this list (where= can name it)
-        found = [[f"stages.{i}.blocks.{j}" for j in range(len(stage.blocks))] for i, stage in enumerate(model.stages)
-                 if isinstance(stage, tiny_vit.TinyVitStage)]
-        return found or None
+        # its attention stages run their blocks on (N, H, W, C) and permute back (the stage's own
+        # output is (N, C, H, W)); the first stage (MBConvs) is an ordinary conv stage, not listed
+        kept = [i for i, stage in enumerate(model.stages) if isinstance(stage, tiny_vit.TinyVitStage)]
+        if not kept:
+            return None
+        return GridPlan([[f"stages.{i}.blocks.{j}" for j in range(len(model.stages[i].blocks))] for i in kept],
+                        [f"stages.{i}.blocks" for i in kept], None)
     swin = sys.modules.get("torchvision.models.swin_transformer")
     if swin is not None and isinstance(model, swin.SwinTransformer):
         kinds = (swin.SwinTransformerBlock, swin.SwinTransformerBlockV2)
-        found = [[f"features.{i}.{j}" for j in range(len(child))] for i, child in enumerate(model.features)
-                 if isinstance(child, nn.Sequential) and len(child) and all(isinstance(b, kinds) for b in child)]
-        return found or None
+        kept = [i for i, child in enumerate(model.features)
+                if isinstance(child, nn.Sequential) and len(child) and all(isinstance(b, kinds) for b in child)]
+        if not kept:
+            return None
+        return GridPlan([[f"features.{i}.{j}" for j in range(len(model.features[i]))] for i in kept],
+                        [f"features.{i}" for i in kept], norm_name)
     return None
+
+
+def is_channel_norm(module) -> bool:
+    """A LayerNorm over the last axis with a per-channel gain (nn.LayerNorm)."""
+    return isinstance(module, nn.LayerNorm) and module.elementwise_affine and module.weight is not None \
+        and len(module.normalized_shape) == 1

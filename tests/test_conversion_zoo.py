@@ -234,9 +234,23 @@ def test_models_with_nhwc_maps_get_grid_places(build, stages):
     assert [p.stage for p in places] == [1] * n1 + [0] * n0
 
 
-def test_named_places_in_an_nhwc_model_take_the_grid_view_inside_its_stages_only():
-    places = ck.conversion_places(meta_timm("swin_tiny_patch4_window7_224"), where=["patch_embed.proj", "layers.3"])
-    assert [(p.name, p.nhwc, p.stage) for p in places] == [("patch_embed.proj", False, None), ("layers.3", True, 0)]
+def test_named_places_in_an_nhwc_model_are_its_blocks_and_stages_only():
+    swin = meta_timm("swin_tiny_patch4_window7_224")
+    places = ck.conversion_places(swin, where=["layers.3", "layers.2.blocks", "layers.2.blocks.1"])
+    assert [(p.name, p.nhwc, p.stage) for p in places] == [("layers.2.blocks", True, 1), ("layers.2.blocks.1", True, 1),
+                                                            ("layers.3", True, 0)]
+    # a Swin's stem, merging and norms output (N, H, W, C), its convs (N, C, H, W): not guessed
+    for name in ("patch_embed", "patch_embed.proj", "layers.2.downsample", "layers.2.blocks.0.norm1", "norm"):
+        with pytest.raises(ValueError, match=rf"knows the layout of its blocks and stages only, and '{name}'"):
+            ck.conversion_places(swin, where=name)
+    # TinyViT's attention stages permute back to (N, C, H, W): their blocks are grids, the stage is not
+    tiny = meta_timm("tiny_vit_5m_224")
+    assert [p.nhwc for p in ck.conversion_places(tiny, where=["stages.1.blocks", "stages.1.blocks.0"])] == [True, True]
+    with pytest.raises(ValueError, match="'stages.1' is neither"):
+        ck.conversion_places(tiny, where="stages.1")
+    for name in ("features.0", "features.2"):  # torchvision Swin's stem and patch merging
+        with pytest.raises(ValueError, match="is neither"):
+            ck.conversion_places(meta_tv("swin_t"), where=name)
 
 
 def test_grid_map_is_camdrop_on_the_channels_last_view():
@@ -392,3 +406,10 @@ def test_a_converted_model_scripts_after_unconvert(build):
         torch.jit.script(model)  # (the layers' Python and the hooks are not TorchScript)
     scripted = torch.jit.script(ck.unconvert(copy.deepcopy(model)))
     assert torch.equal(scripted(x), model(x))
+
+
+def test_unconvert_after_a_module_swap_leaves_no_camdrop_children():
+    model = ck.convert(tv.resnet18(num_classes=CLASSES))
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # (keeps the camdrop children, drops the hooks)
+    ck.unconvert(model)
+    assert not any(name.endswith("camdrop") for name, _ in model.named_modules())

@@ -321,3 +321,22 @@ def test_a_map_too_small_for_the_block_warns_once_per_size():
         ck.CamDrop2d(0.0, 5, guidance="self").train()(torch.randn(2, 8, 6, 6))  # rate 0: nothing asked
     with pytest.warns(UserWarning, match=r"CamDrop1d \(block_size=7\) on a 7 map: only 1 of its 7 pixels"):
         ck.CamDrop1d(0.3, 7, guidance="self").train()(torch.randn(2, 4, 7))
+
+
+def test_the_map_size_check_after_a_zero_rate_a_new_size_and_a_chosen_top_pixels():
+    layer = ck.CamDrop2d(0.0, 5, guidance="self").train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(torch.randn(4, 8, 6, 6))  # rate 0: nothing asked, nothing said
+    ck.set_drop_prob(layer, 0.3)
+    with pytest.warns(UserWarning, match="on a 6x6 map"):  # (the same size, now asked to drop)
+        layer(torch.randn(4, 8, 6, 6))
+    big = ck.CamDrop2d(0.3, 5, guidance="self").train()
+    big(torch.randn(1, 8, 24, 24))
+    with pytest.warns(UserWarning, match="on a 6x6 map"):  # (the same number of elements, a new map size)
+        big(torch.randn(16, 8, 6, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a chosen top_pixels is the user's call (here it drops in every sample)
+        chosen = ck.CamDrop2d(0.5, 5, top_pixels=1.0, guidance="self").train()
+        chosen(torch.randn(8, 16, 6, 6))
+    assert bool((chosen.last_dropped > 0).all())

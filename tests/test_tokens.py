@@ -176,3 +176,28 @@ def test_grid_maps_compile_and_follow_the_schedule_as_eager():
     assert all(s["ran"] for s in ck.dropped_stats(model).values())
     assert sum(float(layer.last_dropped.sum()) for layer in ck.camdrop_layers(model)) > 0
     torch._dynamo.reset()
+
+
+def test_the_grid_map_is_camdrop2d_of_the_channels_last_view_and_the_guidance_folds_the_norm():
+    """Swin's final LayerNorm runs on every position before the head pools: channel c's evidence is
+    w[c] * g[c], as for a ViT's."""
+    with pytest.warns(UserWarning, match="read the label"):
+        model = ck.convert(tiny_swin(), drop_prob=0.5, where=1, block_size=3, guidance="classifier").train()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 2.0)  # (a trained gain: 1 would hide a missing fold)
+    grid = next(m for m in model.modules() if isinstance(m, ck.tokens.GridMap))
+    assert grid.camdrop.guide.layout.norm == "norm"
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    captured = {}
+    grid.register_forward_hook(lambda m, a, out: captured.update(maps=a[0].detach(), out=out.detach()))
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))  # the seed the layer will draw
+    torch.manual_seed(7)
+    with ck.targets(model, y):
+        model(x)
+    view = captured["maps"].permute(0, 3, 1, 2)  # (N, C, H, W), channels_last
+    alpha = (model.head.fc.weight * model.norm.weight)[y]
+    cam = ck.class_activation_map(view, alpha)
+    want = reference.camdrop(view, cam, alpha, 0.5, 3, seed=seed)
+    assert torch.equal(captured["out"].permute(0, 3, 1, 2), want)
+    assert float((want == 0).float().mean()) > 0
