@@ -144,7 +144,9 @@ def check_gamma_scale(value) -> float:
     value = float(value)
     if not 0.0 <= value < float("inf"):  # also refuses NaN (plain comparisons: torch.compile traces them)
         raise ValueError(f"gamma_scale must be a finite real number >= 0; got {value}")
-    return value
+    # -0.0 + 0.0 is +0.0: one spelling in the options key ("0.0"); -0.0 == 0.0 share a cache entry,
+    # so a kept "-0.0" made the key depend on which sign was seen first
+    return value + 0.0
 
 
 def check_seed(value) -> Optional[int]:

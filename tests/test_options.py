@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import camdrop_kernels as ck
-from camdrop_kernels import reference
+from camdrop_kernels import options, reference
 from camdrop_kernels.backends import plain as torch_ops
 from camdrop_kernels.options import Options
 
@@ -159,3 +159,17 @@ def test_eligible_rate_is_one_correctly_rounded_quotient():
     den = 9 * geo.top_channels
     want = [reference.to_float32(min(max(num / (den * k), 0.0), 1.0)) if k else 0.0 for k in counts.tolist()]
     assert got == want
+
+
+def test_gamma_scale_negative_zero_is_written_as_zero_whichever_sign_came_first():
+    """-0.0 == 0.0 share a cache entry: a key that kept the sign of the first caller made the other
+    spelling a refused key for the ops (order-dependent ValueError; found by hypothesis)."""
+    for first, second in ((-0.0, 0.0), (0.0, -0.0)):
+        options._CACHE.clear()
+        options._DECODED.clear()
+        a = Options.get(2, 3, None, 0.5, "square", "batch", "eligible", first)
+        b = Options.get(2, 3, None, 0.5, "square", "batch", "eligible", second)
+        assert a.key == b.key == "2|3|-|f0.5|square|batch|eligible|0.0"
+        assert Options.decode("2|3|-|f0.5|square|batch|eligible|0.0") == a
+        with pytest.raises(ValueError, match="is not a valid Options.key"):
+            Options.decode("2|3|-|f0.5|square|batch|eligible|-0.0")

@@ -152,7 +152,8 @@ Options decode(c10::string_view key_view) {
               (parts[4] == "square" || parts[4] == "diamond") &&
               (parts[5] == "batch" || parts[5] == "sample" || parts[5] == "none") &&
               (parts[6] == "eligible" || parts[6] == "dropblock") && parse_float(parts[7], &o.gamma_scale) &&
-              std::isfinite(o.gamma_scale) && o.gamma_scale >= 0.0;
+              std::isfinite(o.gamma_scale) && o.gamma_scale >= 0.0 &&
+              !std::signbit(o.gamma_scale);  // (Python writes +0.0 as "0.0", never "-0.0")
     TORCH_CHECK_VALUE(ok, "options ", key.substr(0, 200), " is not a valid Options.key");
     o.rank = (int)rank;
     o.diamond = parts[4] == "diamond";
