@@ -201,6 +201,24 @@ def test_big_maps_stream_the_selection():
     check_state(x, cam, randn(1, 3, seed=8), _opts(2, 5, 777, 2))
 
 
+@pytest.mark.parametrize("cam_dtype,counts", [(torch.bfloat16, (None, None)), (torch.float32, (1, 1)),
+                                              (torch.float16, (7, 5))])
+def test_the_state_kernel_with_512_threads_a_program(cam_dtype, counts, monkeypatch):
+    """The 16-warp program (plan.STATE_THREADS = 512, a knob for a card to measure): the same state
+    bit for bit, on one key tile and on several rows of tiles, and streaming a map past 4096 keys."""
+    monkeypatch.setattr(tb(), "STATE_THREADS", 512)
+    monkeypatch.setattr(tb(), "STATE_PLANS", {})
+    for S, seed in (((9, 8), 10), ((40, 30), 11)):  # (72 keys: one [1, 512] tile; 1200: a [4, 512] one)
+        x = randn(2, 6, *S)
+        check_state(x, _stress_cam(2, S, cam_dtype, seed=seed), _stress_cam(2, (6,), torch.float32, seed=seed + 1),
+                    _opts(2, 3, counts[0], counts[1]))
+    if counts == (None, None):
+        x = randn(1, 3, 70, 70)
+        check_state(x, _stress_cam(1, (70, 70), cam_dtype, seed=12), randn(1, 3, seed=13), _opts(2, 5, None, None))
+    plans = list(tb().STATE_PLANS.values())
+    assert plans and all(p.num_warps == 16 and p.constexprs["THREADS"] == 512 for p in plans)
+
+
 def test_more_top_pixels_than_one_lane_step():
     """n = 1500 > 1024 top pixels per lane step: runs of later steps OR into the words of earlier
     ones (the read-modify-write path), on a 1-D map with every pixel on top."""

@@ -29,7 +29,10 @@ from .state_kernel import state_kernel
 KEYS = {torch.float16: (16, 0x7C00), torch.bfloat16: (16, 0x7F80), torch.float32: (32, 0x7F800000),
         torch.float64: (64, 0x7FF0000000000000)}
 ITEMSIZE = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
-STATE_WARPS = 8  # 256 threads: the state kernel's key tiles are [R, 256]
+# The state kernel's program: 256 threads (8 warps), its key tiles [R, STATE_THREADS]. 512 (16 warps:
+# half the keys a thread, more warps to hide latency, 56% more instructions a program) is a knob for
+# a card to measure (benchmarks/gpu_probe.py state); one program per SM either way at N <= #SMs.
+STATE_THREADS = 256
 STATE_MAXNREG = 128  # two 256-thread programs fit one multiprocessor
 LANES = 1024  # (plane, top pixel) lanes per step of the mask build: 4 per thread
 KEYS_BLOCK = 4096  # rows of at most this many keys stay in registers ([16, 256] tiles)
@@ -178,13 +181,13 @@ def state_plan(opts: Options, shape, cam: torch.Tensor, alpha: torch.Tensor, see
     constexprs = dict(
         P_BITS=cam_bits, P_EXP=cam_exp, P_NEG_INF=neg_inf_key(cam_bits, cam_exp),
         CAM_LAYOUT=0 if cam_flat == 1 else 1 if cam_flat is not None else 2,
-        RP=size_class(P, KEY_BLOCKS) // 256 if single else 16,
+        RP=max(1, size_class(P, KEY_BLOCKS) // STATE_THREADS) if single else 16,
         A_BITS=a_bits, A_EXP=a_exp, A_NEG_INF=neg_inf_key(a_bits, a_exp),
         A_LAYOUT=0 if alpha.stride(1) == 1 or C == 1 else 1,
-        RA=size_class(C, KEY_BLOCKS) // 256 if single else 16,
-        SINGLE=single, SB=sb, PB=pb, WPR=wpr, GUARD=guard, ZB=DILATE_BLOCK,
+        RA=max(1, size_class(C, KEY_BLOCKS) // STATE_THREADS) if single else 16,
+        SINGLE=single, SB=sb, PB=pb, WPR=wpr, GUARD=guard, ZB=DILATE_BLOCK, THREADS=STATE_THREADS,
     )
-    plan = Plan("state", state_kernel, (N, 1, 1), STATE_PER_CALL, static, constexprs, STATE_WARPS,
+    plan = Plan("state", state_kernel, (N, 1, 1), STATE_PER_CALL, static, constexprs, STATE_THREADS // 32,
                 maxnreg=STATE_MAXNREG,
                 info=dict(flags=flags, ws_stride=ws_stride, ws_words=N * ws_stride, geometry=geo, copies=nh * wpr,
                           batch=opts.normalize == "batch"))

@@ -1,8 +1,9 @@
-"""SPEC.md steps 1-7 in one kernel: one program (CTA, 8 warps) per sample, no atomics.
+"""SPEC.md steps 1-7 in one kernel: one program (CTA, THREADS / 32 warps: 8, or 16 to try) per sample,
+no atomics.
 
 1. Selection (steps 1-2). cam[i] and alpha[i] become order-preserving unsigned keys (NaN as
    -inf, -0.0 as +0.0; 16 bits for float16/bfloat16, 32 for float32, 64 for float64), held in
-   registers as [R, 256] tiles (row r: entries r*256 .. r*256 + 255, one per thread). Entries
+   registers as [R, THREADS] tiles (row r: entries r*THREADS .. (r + 1)*THREADS - 1, one per thread). Entries
    past the row's end get key 0, below every real key (-inf's key is > 0), so they never count.
    The n-th largest key T is found two bits a step, most significant first: with T's higher
    bits fixed, three candidates T + d * 2**s (d = 1, 2, 3) are counted ("how many keys >=
@@ -50,7 +51,6 @@ from .flags import DIAMOND, ELIGIBLE, NORM_NONE, NORM_SAMPLE, NORMALIZE_MASK, NO
     SEED_FROM_PTR
 from .philox import seed_key, uniform
 
-THREADS = tl.constexpr(256)  # 8 warps: the [R, THREADS] key tiles give each thread one column
 
 
 @triton.jit
@@ -126,7 +126,7 @@ def _ukeys(row, q, L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT: t
 
 
 @triton.jit
-def _tile(base, R: tl.constexpr):
+def _tile(base, R: tl.constexpr, THREADS: tl.constexpr):
     """Flat indices of a [R, THREADS] tile from ``base``: row r holds base + r*THREADS + t. The
     addresses run along the threads, so Triton gives each thread one column (all R rows in its
     registers: the sums over axis 0 below are in-thread). (Had they run along a thread's rows,
@@ -213,7 +213,7 @@ def _rank_row(row, L, need, T, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, 
 @triton.jit
 def _rank_stream(row, L, n, T, G, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, slot_row, out_list,
                  LAYOUT: tl.constexpr, KEY_BITS: tl.constexpr, EXP: tl.constexpr, NEG_INF: tl.constexpr,
-                 CHANNELS: tl.constexpr):
+                 CHANNELS: tl.constexpr, THREADS: tl.constexpr):
     """Step 2 of the module docstring for a row streamed in chunks of 16 * THREADS entries (gt, eq
     counts in 32-bit fields of an int64; G, the number of keys > T, from the search)."""
     CH: tl.constexpr = 16 * THREADS
@@ -235,7 +235,7 @@ def _rank_stream(row, L, n, T, G, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_h
 
 @triton.jit
 def _select_stream(row, L, n, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT: tl.constexpr,
-                   KEY_BITS: tl.constexpr, EXP: tl.constexpr, NEG_INF: tl.constexpr):
+                   KEY_BITS: tl.constexpr, EXP: tl.constexpr, NEG_INF: tl.constexpr, THREADS: tl.constexpr):
     """The n-th largest key of a row streamed in chunks (two bits a step, as in the module
     docstring; the three counts reduced unpacked: they may exceed 16 bits)."""
     CH: tl.constexpr = 16 * THREADS
@@ -248,8 +248,8 @@ def _select_stream(row, L, n, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, L
         a2 = tl.zeros([THREADS], tl.int32)
         a3 = tl.zeros([THREADS], tl.int32)
         for c0 in range(0, L, CH):  # loop: select_chunks
-            k = _ukeys(row, _tile(c0, 16), L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT, KEY_BITS,
-                       EXP, NEG_INF)
+            k = _ukeys(row, _tile(c0, 16, THREADS), L, stride, sd, sh, sw, W, HW, m_w, s_w, m_hw, s_hw, LAYOUT,
+                       KEY_BITS, EXP, NEG_INF)
             c1, c2, c3 = _ge3(k, T, S, KEY_BITS)
             a1 += c1
             a2 += c2
@@ -280,7 +280,7 @@ def state_kernel(
     P_BITS: tl.constexpr, P_EXP: tl.constexpr, P_NEG_INF: tl.constexpr, CAM_LAYOUT: tl.constexpr, RP: tl.constexpr,
     A_BITS: tl.constexpr, A_EXP: tl.constexpr, A_NEG_INF: tl.constexpr, A_LAYOUT: tl.constexpr, RA: tl.constexpr,
     SINGLE: tl.constexpr, SB: tl.constexpr, PB: tl.constexpr, WPR: tl.constexpr, GUARD: tl.constexpr,
-    ZB: tl.constexpr,
+    ZB: tl.constexpr, THREADS: tl.constexpr,
 ):
     i = tl.program_id(0)
     i64_ = i.to(tl.int64)
@@ -304,10 +304,10 @@ def state_kernel(
 
     if SINGLE:
         # Steps 1-2: both rows in registers, searched in lockstep (module docstring, 1-2).
-        qp = _tile(0, RP)
+        qp = _tile(0, RP, THREADS)
         kp = _ukeys(crow, qp, P, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, CAM_LAYOUT, P_BITS, P_EXP,
                     P_NEG_INF)
-        qa = _tile(0, RA)
+        qa = _tile(0, RA, THREADS)
         ka = _ukeys(arow, qa, C, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, A_LAYOUT, A_BITS, A_EXP, A_NEG_INF)
         Tp = _kconst(0, P_BITS)
         Ta = _kconst(0, A_BITS)
@@ -345,7 +345,7 @@ def state_kernel(
         need_a = tl.where(CTa == n_chan, n_chan, n_chan - Ga)
         # Ranks: a 1-D scan of each row over its index (the tie rule's order) of (gt, eq) in 16-bit
         # fields of an int32 (counts <= 4096). The keys are read again (cache hits) in a 1-D
-        # layout: a scan along the threads' own columns of the [R, 256] tiles would make Triton 3.6
+        # layout: a scan along the threads' own columns of the [R, THREADS] tiles would make Triton 3.6
         # lay them out across lanes, and every per-thread sum of the search above would become
         # shuffles. (Two scans rather than one over both rows: half the registers.)
         _rank_row(arow, C, need_a, Ta, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, slot_row, chan_list, A_LAYOUT, A_BITS, A_EXP,
@@ -354,13 +354,13 @@ def state_kernel(
                   P_BITS, P_EXP, P_NEG_INF, False, RP * THREADS)
     else:
         Ta, Ga = _select_stream(arow, C, n_chan, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, A_LAYOUT, A_BITS, A_EXP,
-                                A_NEG_INF)
+                                A_NEG_INF, THREADS)
         Tp, Gp = _select_stream(crow, P, n_pix, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, CAM_LAYOUT,
-                                P_BITS, P_EXP, P_NEG_INF)
+                                P_BITS, P_EXP, P_NEG_INF, THREADS)
         _rank_stream(arow, C, n_chan, Ta, Ga, sac, 0, 0, 0, 1, 1, 0, 0, 0, 0, slot_row, chan_list,
-                     A_LAYOUT, A_BITS, A_EXP, A_NEG_INF, True)
+                     A_LAYOUT, A_BITS, A_EXP, A_NEG_INF, True, THREADS)
         _rank_stream(crow, P, n_pix, Tp, Gp, scw, scd, sch, scw, W, HW, m_w, s_w, m_hw, s_hw, slot_row,
-                     pix_list, CAM_LAYOUT, P_BITS, P_EXP, P_NEG_INF, False)
+                     pix_list, CAM_LAYOUT, P_BITS, P_EXP, P_NEG_INF, False, THREADS)
     tl.debug_barrier()  # the lists and the zeroed copies are visible to every thread
 
     # Step 3: |S ∩ V|, the top pixels that are valid centres.

@@ -96,7 +96,7 @@ def _tensor(shape, dtype, layout="contiguous", aligned=True):
 
 
 def plans_for(shape, x_dtype=torch.bfloat16, layout="contiguous", aligned=True, cam_dtype=torch.float32,
-              alpha_dtype=None, seed_on_device=False, p_on_device=False, backward=True,
+              alpha_dtype=None, seed_on_device=False, p_on_device=False, backward=True, state_threads=None,
               **options) -> Dict[str, Tuple[object, tuple]]:
     """{"state": ..., "apply_forward": ..., "apply_backward": ...} (and "finish" with
     normalize="batch"): (plan, args) of one forward (and backward) at this shape, as the backend
@@ -116,8 +116,13 @@ def plans_for(shape, x_dtype=torch.bfloat16, layout="contiguous", aligned=True, 
     rate = torch.tensor(0.1, dtype=torch.float64)
     out = _state.allocate(x, opts)
     plans = {}
+    threads = tb.STATE_THREADS
     with planning():
-        plans["state"] = tb.state_launch(x, cam, alpha, seed, rate, opts, out, seed_on_device, p_on_device)[:2]
+        try:  # (``state_threads``: the state kernel's program size, a knob the card measures)
+            tb.STATE_THREADS = state_threads or threads
+            plans["state"] = tb.state_launch(x, cam, alpha, seed, rate, opts, out, seed_on_device, p_on_device)[:2]
+        finally:
+            tb.STATE_THREADS = threads
         y = torch.empty_like(x)
         batch = kw["normalize"] == "batch"
         plans["apply_forward"] = tb.apply_launch(x, y, out[0], out[1], out[2], out[3] if batch else None)[:2]
@@ -131,6 +136,7 @@ def plans_for(shape, x_dtype=torch.bfloat16, layout="contiguous", aligned=True, 
 
 # The subset the test suite compiles (each state kernel takes a few seconds to build).
 CI_CASES = ("bench", "bench channels_last", "bench misaligned", "bench graph (seed, rate on device)",
+            "bench, 512-thread state, bf16 cam",
             "size-1 N, C", "large map (chunked selection)", "1-D channels_last", "3-D", "transposed",
             "wide runs, mixed keys")
 
@@ -146,6 +152,7 @@ def cases(which: str = "all") -> Iterator[Tuple[str, object, tuple]]:
         ("bench channels_last", bench, dict(layout="channels_last")),
         ("bench misaligned", bench, dict(aligned=False)),
         ("bench graph (seed, rate on device)", bench, dict(seed_on_device=True, p_on_device=True)),
+        ("bench, 512-thread state, bf16 cam", bench, dict(state_threads=512, cam_dtype=torch.bfloat16)),
         ("size-1 N, C", (1, 1, 14, 14), dict()),
         ("size-1 H, W", (8, 64, 1, 1), dict()),
         ("size-1 H", (4, 32, 1, 50), dict(layout="channels_last")),
