@@ -206,12 +206,17 @@ def _token_places(model: nn.Module, vit: structure.VitPlan, where: Where) -> Lis
         if not 1 <= k <= depth:
             raise ValueError(f"where={k} asks for the last {k} blocks, but {type(model).__name__} has {depth}")
         names = vit.blocks[-k:]
-    elif isinstance(where, bool) or not isinstance(where, (str, nn.Module, list, tuple)):
-        raise TypeError(f"where must be None, an int (the last k blocks), a module name or pattern, a module, or a "
-                        f"list of these; got {type(where).__name__}")
     else:
+        _check_where(where, "blocks")
         names = _named_places(model, where)
     return [Place(name, 2, None, False, (vit.prefix_at(name), vit.grid)) for name in names]
+
+
+def _check_where(where: Where, unit: str) -> None:
+    """``where`` other than None or an int: a module name or pattern, a module, or a list of these."""
+    if isinstance(where, bool) or not isinstance(where, (str, nn.Module, list, tuple)):
+        raise TypeError(f"where must be None, an int (the last k {unit}), a module name or pattern, a module, or a "
+                        f"list of these; got {type(where).__name__}")
 
 
 def _grid_places(model: nn.Module, plan: structure.GridPlan, where: Where) -> List[Place]:
@@ -226,9 +231,7 @@ def _grid_places(model: nn.Module, plan: structure.GridPlan, where: Where) -> Li
             raise ValueError(f"where={k} asks for the last {k} stages, but {type(model).__name__} has {len(stages)}")
         return [Place(name, 2, len(stages) - 1 - index, False, None, True)
                 for index, stage in enumerate(stages) if index >= len(stages) - k for name in stage]
-    if isinstance(where, bool) or not isinstance(where, (str, nn.Module, list, tuple)):
-        raise TypeError(f"where must be None, an int (the last k stages), a module name or pattern, a module, or a "
-                        f"list of these; got {type(where).__name__}")
+    _check_where(where, "stages")
     stage_of = {}  # every block and grid container -> its stage, counted from the last
     for index, stage in enumerate(stages):
         for name in stage:
@@ -304,10 +307,8 @@ def conversion_places(model: nn.Module, where: Where = None, *, rank: Optional[i
                 f"layer1..layer4 / features / trunk_output): pass where= the modules to drop after, as names, "
                 f"glob or 're:' patterns{_candidates(model)}")
         names = _stage_places(model, levels, where)
-    elif isinstance(where, bool) or not isinstance(where, (str, nn.Module, list, tuple)):
-        raise TypeError(f"where must be None, an int (the last k stages), a module name or pattern, a module, or a "
-                        f"list of these; got {type(where).__name__}")
     else:
+        _check_where(where, "stages")
         names = _named_places(model, where)
     return _map_places(model, names, levels, rank)
 
@@ -378,7 +379,8 @@ def convert(
         raise TypeError("convert sets drop_prob_scale itself (stage_scaling); pass stage_scaling=False for one rate")
     model_ = _unwrap(model)
     named_classifier = classifier is not None
-    if structure.vit_plan(model_) is not None or structure.nhwc_plan(model_) is not None:
+    vit = structure.vit_plan(model_)
+    if vit is not None or structure.nhwc_plan(model_) is not None:
         if "guidance" not in options and classifier is None:
             # Vision transformers learn to read the label off a classifier-guided mask (their
             # residual stream is signed: the zeroed top channels of the true class are a visible
@@ -404,7 +406,6 @@ def convert(
             raise ValueError(f"classifier {classifier!r} is not a submodule of {type(model_).__name__}: pass the "
                              "final linear layer or its name") from exc
     elif classifier is None:
-        vit = structure.vit_plan(model_)
         if vit is not None and vit.classifier is None:
             raise ValueError(
                 f"{type(model_).__name__} has {vit.pool}: no linear layer reads one feature per channel, so classifier "

@@ -264,7 +264,7 @@ class CamDropNd(nn.Module):
         if numel != guide.numel or guide.mark() != guide.eager_mark:
             self._buffers["_numel"].fill_(numel)
             guide.numel = numel
-        if x.shape[2:] != self.__dict__.get("_map_size_seen") and self._p != 0.0:
+        if self._p != 0.0 and x.shape[2:] not in self.__dict__.get("_map_sizes_checked", ()):
             self._check_map_size(x)
         guide.record(dropped, rate, compiling)
         guide.eager_mark = guide.mark()
@@ -276,11 +276,9 @@ class CamDropNd(nn.Module):
         pixels, 1 top pixel; block 3 on 3x3: 1 of 9), which would otherwise show only as a share near
         0 in the statistics. Eager forwards only (a compiled one does not warn)."""
         spatial = tuple(x.shape[2:])
-        self.__dict__["_map_size_seen"] = x.shape[2:]
-        seen = self.__dict__.setdefault("_map_sizes_checked", set())
-        if spatial in seen or x.dim() != self.rank + 2:
+        self.__dict__.setdefault("_map_sizes_checked", set()).add(spatial)
+        if x.dim() != self.rank + 2:
             return
-        seen.add(spatial)
         g = self.options.geometry(x.shape[1], spatial)
         if 4 * g.num_valid < g.P and self.options.top_pixels is None:  # (a chosen top_pixels is the user's call)
             size = "x".join(map(str, spatial))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-import torch
 import torch.fx
 from torch import Tensor, nn
 

@@ -311,7 +311,7 @@ def nhwc_plan(model: nn.Module) -> Optional[GridPlan]:
     "NHWC"`` and stages of ``blocks`` (Swin, SwinV2, MambaOut, Sequencer), timm TinyViT's attention
     stages, torchvision's Swin Transformers (V1, V2); None for other models."""
     norm = getattr(model, "norm", None)
-    norm_name = "norm" if is_channel_norm(norm) else None
+    norm_name = "norm" if _is_norm(norm) and len(norm.normalized_shape) == 1 else None  # (over the channels)
     if getattr(model, "output_fmt", None) == "NHWC":
         for attr in ("layers", "stages"):
             stages = getattr(model, attr, None)
@@ -341,8 +341,3 @@ def nhwc_plan(model: nn.Module) -> Optional[GridPlan]:
                         [f"features.{i}" for i in kept], norm_name)
     return None
 
-
-def is_channel_norm(module) -> bool:
-    """A LayerNorm over the last axis with a per-channel gain (nn.LayerNorm)."""
-    return isinstance(module, nn.LayerNorm) and module.elementwise_affine and module.weight is not None \
-        and len(module.normalized_shape) == 1

@@ -22,6 +22,13 @@ from torch import nn
 from .nn import CamDrop2d
 
 
+def _check_input(view: nn.Module, x) -> None:
+    """A wrapper's input is a tensor of its ``input_dims`` (named by its ``input_layout``)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != view.input_dims:
+        raise ValueError(f"{type(view).__name__} expects a {view.input_dims}-D input, {view.input_layout}; got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+
+
 class TokenMap(nn.Module):
     """Run ``camdrop`` (a CamDrop2d) on the patch tokens of (N, L, C) tokens as an (N, C, h, w)
     map; the first ``prefix`` tokens pass through. The identity when the CamDrop layer is in eval
@@ -39,9 +46,7 @@ class TokenMap(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if not self.camdrop.training:
             return tokens
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
-            raise ValueError(f"{type(self).__name__} expects (N, L, C) tokens; got "
-                             f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+        _check_input(self, tokens)
         N, L, C = tokens.shape
         h, w = self._grid(L - self.prefix)
         patches = tokens[:, self.prefix:]
@@ -81,9 +86,7 @@ class GridMap(nn.Module):
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         if not self.camdrop.training:
             return grid
-        if not isinstance(grid, torch.Tensor) or grid.dim() != 4:
-            raise ValueError(f"{type(self).__name__} expects an (N, H, W, C) map; got "
-                             f"{tuple(grid.shape) if isinstance(grid, torch.Tensor) else type(grid).__name__}")
+        _check_input(self, grid)
         x = grid.permute(0, 3, 1, 2)  # (N, C, H, W), channels innermost: a view
         y = self.camdrop(x)
         return grid if y is x else y.permute(0, 2, 3, 1)

@@ -82,26 +82,33 @@ def test_vits_default_to_self_guidance_and_classifier_guidance_warns():
     assert all(layer.classifier is guided.head for layer in ck.camdrop_layers(guided))
 
 
+def run_capturing(model, wrapper, x, y):
+    """One training forward of ``model`` on (x, y): the input and output of ``wrapper`` (a TokenMap or
+    GridMap) and the seed its layer drew (the next draw of torch's generator, seeded 7)."""
+    captured = {}
+    handle = wrapper.register_forward_hook(lambda m, a, out: captured.update(x=a[0].detach(), out=out.detach()))
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))  # the seed the layer will draw
+    torch.manual_seed(7)
+    with ck.targets(model, y):
+        model(x)
+    handle.remove()
+    return captured["x"], captured["out"], seed
+
+
 def test_the_patch_map_is_camdrop2d_of_the_channels_last_view_and_the_guidance_folds_the_norm():
     with pytest.warns(UserWarning, match="read the label"):
         model = ck.convert(vit("timm_vit"), drop_prob=0.5, where=1, guidance="classifier").train()
     tm = next(m for m in model.modules() if isinstance(m, TokenMap))
     layer = tm.camdrop
     x, y = batch()
-    captured = {}
-    tm.register_forward_hook(lambda m, a, out: captured.update(tokens=a[0].detach(), out=out.detach()))
-    torch.manual_seed(7)
-    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))  # the seed the layer will draw
-    torch.manual_seed(7)
-    with ck.targets(model, y):
-        model(x)
-    tokens = captured["tokens"]
+    tokens, out, seed = run_capturing(model, tm, x, y)
     patch = tokens[:, 1:].unflatten(1, (GRID, GRID)).permute(0, 3, 1, 2)
     assert patch.stride(1) == 1  # channels innermost: a channels_last view, no copy
     alpha = (model.head.weight * model.norm.weight)[y]  # the final norm's gain folded into the head's rows
     cam = ck.class_activation_map(patch, alpha)
     want = reference.camdrop(patch, cam, alpha, 0.5, 3, seed=seed)
-    got = captured["out"][:, 1:].unflatten(1, (GRID, GRID)).permute(0, 3, 1, 2)
+    got = out[:, 1:].unflatten(1, (GRID, GRID)).permute(0, 3, 1, 2)
     assert torch.equal(got, want)
     assert layer.classifier is model.head
 
@@ -188,16 +195,10 @@ def test_the_grid_map_is_camdrop2d_of_the_channels_last_view_and_the_guidance_fo
     grid = next(m for m in model.modules() if isinstance(m, ck.tokens.GridMap))
     assert grid.camdrop.guide.layout.norm == "norm"
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
-    captured = {}
-    grid.register_forward_hook(lambda m, a, out: captured.update(maps=a[0].detach(), out=out.detach()))
-    torch.manual_seed(7)
-    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))  # the seed the layer will draw
-    torch.manual_seed(7)
-    with ck.targets(model, y):
-        model(x)
-    view = captured["maps"].permute(0, 3, 1, 2)  # (N, C, H, W), channels_last
+    maps, out, seed = run_capturing(model, grid, x, y)
+    view = maps.permute(0, 3, 1, 2)  # (N, C, H, W), channels_last
     alpha = (model.head.fc.weight * model.norm.weight)[y]
     cam = ck.class_activation_map(view, alpha)
     want = reference.camdrop(view, cam, alpha, 0.5, 3, seed=seed)
-    assert torch.equal(captured["out"].permute(0, 3, 1, 2), want)
+    assert torch.equal(out.permute(0, 3, 1, 2), want)
     assert float((want == 0).float().mean()) > 0
