@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import functools
 import hashlib
+import importlib
 import json
 import math
 import multiprocessing
@@ -64,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import camdrop_kernels as ck  # noqa: E402
 from evidence import SmallCNN, accuracy, mean_sd, paired, t_test_p  # noqa: E402  (the same network and statistics)
+from camdrop_kernels.nn import CamDropNd  # noqa: E402
 from regularizers import DropBlock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,14 +77,15 @@ OCCLUSION_LABELS = {"clean": "clean", "random": "random patch", "discriminative"
 
 # -- data ------------------------------------------------------------------------------------------
 @dataclass
-class Digits:
-    """One seed's split: training digits and the test digits clean and occluded (8x8, 0..1)."""
+class Split:
+    """One seed's data: training inputs and the test inputs clean and occluded (digits: 8x8 in
+    0..1; ``mnist_1d.py``: signals of 40 samples)."""
 
-    train_x: torch.Tensor          # (n, 8, 8)
+    train_x: torch.Tensor          # (n, *S)
     train_y: torch.Tensor
-    test: Dict[str, torch.Tensor]  # occlusion name -> (m, 8, 8)
+    test: Dict[str, torch.Tensor]  # occlusion name -> (m, *S)
     test_y: torch.Tensor
-    patches: Dict[str, torch.Tensor]  # occlusion name -> (m, 2) top-left corner of the blanked patch
+    patches: Dict[str, torch.Tensor]  # occlusion name -> (m, len(S)) first index of the blanked patch
     linear: Dict[str, float]       # the logistic regression's own accuracies (context)
     patch: int                     # the blanked patch's side
 
@@ -139,7 +142,7 @@ def discriminative_corners(images: torch.Tensor, labels: torch.Tensor, weight: t
     return torch.stack([best // width, best % width], 1)
 
 
-def make_digits(seed: int, n_train: int, n_test: Optional[int], patch: int) -> Digits:
+def make_digits(seed: int, n_train: int, n_test: Optional[int], patch: int) -> Split:
     """The seed's split and its three test sets (the same for every configuration)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -159,10 +162,10 @@ def make_digits(seed: int, n_train: int, n_test: Optional[int], patch: int) -> D
     sets = {"clean": test_x, **{name: blank(test_x, c, patch) for name, c in corners.items()}}
     linear = {name: float((torch.tensor(fit.predict(x.flatten(1).double().numpy())) == test_y).float().mean())
               for name, x in sets.items()}
-    return Digits(train_x, train_y, sets, test_y, corners, linear, patch)
+    return Split(train_x, train_y, sets, test_y, corners, linear, patch)
 
 
-def describe(seed: int, data: Digits) -> dict:
+def describe(seed: int, data: Split) -> dict:
     """What the report keeps of a seed's data: the logistic regression's accuracies, the share of
     test digits whose blanked patch held ink (changed the digit), where the discriminative patch
     fell (counts per corner, row-major), and SHA-256 digests (first 16 hex digits) of the training
@@ -219,7 +222,7 @@ class Dropout(nn.Module):
 def set_rate(model: nn.Module, rate: float) -> None:
     """The schedule's rate: ``ck.set_drop_prob`` for CamDrop layers, the attribute for the others."""
     ck.set_drop_prob(model, rate)
-    if isinstance(model.reg, (DropBlock, Dropout)):
+    if not isinstance(model.reg, (CamDropNd, nn.Identity)):  # DropBlock, DropBlock1d, Dropout
         model.reg.drop_prob = rate
 
 
@@ -290,11 +293,13 @@ def share_at_final_rate(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, rate:
     return dropped(model), saturated(model)
 
 
-def train_and_evaluate(name: str, seed: int, data: Digits, args: argparse.Namespace) -> dict:
+def train_and_evaluate(name: str, seed: int, data: Split, args: argparse.Namespace,
+                       task: Optional["Task"] = None) -> dict:
     """Train one configuration on one seed; its accuracies and shares dropped."""
-    model = build_model(name, seed, args)
-    final_rate = 0.0 if CONFIGS[name].build is None else args.drop_prob
-    train_x = upsample(data.train_x, args.size)
+    task = DIGITS if task is None else task
+    model = task.build(name, seed, args)
+    final_rate = 0.0 if task.configs[name].build is None else args.drop_prob
+    train_x = task.inputs(data.train_x, args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = len(train_x) // args.batch_size
     total = max(1, args.epochs * steps_per_epoch)
@@ -321,8 +326,8 @@ def train_and_evaluate(name: str, seed: int, data: Digits, args: argparse.Namesp
     train_seconds = time.perf_counter() - wall
     result = {"seed": seed, "final_rate": final_rate, "train_loss_last": loss.item()}
     for occlusion in OCCLUSIONS:
-        result[occlusion] = accuracy(model, upsample(data.test[occlusion], args.size), data.test_y)
-    probe = upsample(data.test["clean"][:args.probe], args.size)
+        result[occlusion] = accuracy(model, task.inputs(data.test[occlusion], args), data.test_y)
+    probe = task.inputs(data.test["clean"][:args.probe], args)
     result["dropped_full"], result["saturated_full"] = share_at_final_rate(
         model, probe, data.test_y[:args.probe], final_rate, seed)
     result["dropped_train"] = sum(shares) / len(shares) if shares else 0.0
@@ -333,11 +338,12 @@ def train_and_evaluate(name: str, seed: int, data: Digits, args: argparse.Namesp
 
 
 # -- statistics -------------------------------------------------------------------------------------
-def summarise(runs: Dict[str, List[dict]]) -> Dict[str, dict]:
+def summarise(runs: Dict[str, List[dict]], configs: Optional[Dict[str, Config]] = None) -> Dict[str, dict]:
+    configs = CONFIGS if configs is None else configs
     baseline = runs.get("none")
     summary = {}
     for name, results in runs.items():
-        entry = {"label": CONFIGS[name].label, "short": CONFIGS[name].short, "final_rate": results[0]["final_rate"]}
+        entry = {"label": configs[name].label, "short": configs[name].short, "final_rate": results[0]["final_rate"]}
         for key in (*OCCLUSIONS, "train_accuracy", "dropped_train", "dropped_full", "train_seconds"):
             mean, sd = mean_sd([r[key] for r in results])
             entry[key] = {"mean": mean, "sd": sd}
@@ -350,10 +356,10 @@ def summarise(runs: Dict[str, List[dict]]) -> Dict[str, dict]:
     return summary
 
 
-def contrasts(runs: Dict[str, List[dict]]) -> List[dict]:
+def contrasts(runs: Dict[str, List[dict]], declared: Sequence[Tuple[str, str]] = CONTRASTS) -> List[dict]:
     return [{"a": a, "b": b, **{key: paired([r[key] for r in runs[a]], [r[key] for r in runs[b]])
                                 for key in OCCLUSIONS}}
-            for a, b in CONTRASTS if a in runs and b in runs]
+            for a, b in declared if a in runs and b in runs]
 
 
 def holm(ps: Sequence[Optional[float]]) -> List[Optional[float]]:
@@ -434,16 +440,7 @@ def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Seq
         for pair in pairs:
             lines.append(f"| {summary[pair['a']]['short']} − {summary[pair['b']]['short']} | "
                          + " | ".join(_diff(pair[k]) for k in OCCLUSIONS) + " |")
-    if primary:
-        lines += ["", f"Declared primary contrasts ({OCCLUSION_LABELS[primary[0]['key']]}; named before the run, "
-                  f"Holm's adjustment over these {len(primary)}):", "",
-                  "| primary contrast A − B | Δ (points) | 95% interval | p | Holm p |", "| --- | --- | --- | --- | --- |"]
-        for row in primary:
-            short = {name: summary[name]["short"] for name in (row["a"], row["b"])}
-            p = "n/a" if row["p"] is None else f"{row['p']:.4f}"
-            adj = "n/a" if row["holm"] is None else f"{row['holm']:.4f}"
-            lines.append(f"| {short[row['a']]} − {short[row['b']]} | {100 * row['mean']:+.2f} | "
-                         f"[{100 * row['low']:+.2f}, {100 * row['high']:+.2f}] | {p} | {adj} |")
+    lines += primary_lines(summary, primary, OCCLUSION_LABELS)
     lines += [
         "",
         f"{n_tests} paired tests in these tables: at p < 0.05 about {0.05 * n_tests:.1f} would come out "
@@ -454,52 +451,116 @@ def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Seq
         f"ink (changed the digit) in {100 * changed['random']:.0f}% of the test digits for the random patch, "
         f"{100 * changed['discriminative']:.0f}% for the discriminative one.",
         "",
-        f"Runtime: {runtime['wall_seconds']:.0f} s wall, {runtime['cpu_seconds']:.0f} s CPU in the runs "
-        f"({runtime['process_cpu_seconds']:.0f} s CPU for all processes) with {settings['workers']} "
-        f"worker{'s' * (settings['workers'] != 1)} of {settings['threads']} thread{'s' * (settings['threads'] != 1)}, "
-        f"torch {torch.__version__}. Command: `{settings['command']}`",
+        runtime_line(settings, runtime),
         "",
     ]
     return "\n".join(lines)
 
 
+def primary_lines(summary: Dict[str, dict], primary: Sequence[dict], labels: Dict[str, str]) -> List[str]:
+    """The declared family's table (nothing when none was declared)."""
+    if not primary:
+        return []
+    lines = ["", f"Declared primary contrasts ({labels[primary[0]['key']]}; named before the run, "
+             f"Holm's adjustment over these {len(primary)}):", "",
+             "| primary contrast A − B | Δ (points) | 95% interval | p | Holm p |", "| --- | --- | --- | --- | --- |"]
+    for row in primary:
+        short = {name: summary[name]["short"] for name in (row["a"], row["b"])}
+        p = "n/a" if row["p"] is None else f"{row['p']:.4f}"
+        adj = "n/a" if row["holm"] is None else f"{row['holm']:.4f}"
+        lines.append(f"| {short[row['a']]} − {short[row['b']]} | {100 * row['mean']:+.2f} | "
+                     f"[{100 * row['low']:+.2f}, {100 * row['high']:+.2f}] | {p} | {adj} |")
+    return lines
+
+
+def runtime_line(settings: dict, runtime: dict) -> str:
+    return (f"Runtime: {runtime['wall_seconds']:.0f} s wall, {runtime['cpu_seconds']:.0f} s CPU in the runs "
+            f"({runtime['process_cpu_seconds']:.0f} s CPU for all processes) with {settings['workers']} "
+            f"worker{'s' * (settings['workers'] != 1)} of {settings['threads']} thread"
+            f"{'s' * (settings['threads'] != 1)}, torch {torch.__version__}. Command: `{settings['command']}`")
+
+
+# -- the study: what a real-data run supplies to the machinery above ------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """One real-data study for the shared training, statistics and report code of this module:
+    its data, network, regularisers and table (``DIGITS`` below; ``mnist_1d.py``'s ``MNIST1D``).
+    Its networks have ``body``, ``reg`` and ``fc``; its splits are :class:`Split`. Pickled by name
+    (the configurations hold lambdas), so spawned workers import it from ``home``."""
+
+    home: Tuple[str, str]  # (module, attribute) naming this object
+    script: str            # the command line shown in the report: "python examples/digits.py"
+    names: Tuple[str, str]  # the report's files (markdown, json)
+    configs: Dict[str, Config]
+    contrasts: Tuple[Tuple[str, str], ...]
+    make: Callable[[int, argparse.Namespace], Split]             # seed -> its split and test sets
+    build: Callable[[str, int, argparse.Namespace], nn.Module]   # (configuration, seed) -> network
+    inputs: Callable[[torch.Tensor, argparse.Namespace], torch.Tensor]  # data -> the network's input
+    describe: Callable[[int, Split], dict]                       # what the report keeps of a seed's data
+    markdown: Callable[..., str]  # (summary, settings, runtime, pairs, per_seed, primary) -> the table
+
+    def __reduce__(self):
+        return _task_named, self.home
+
+
+def _task_named(module: str, attribute: str) -> Task:
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _digits_split(seed: int, args: argparse.Namespace) -> Split:
+    return _seed_data(seed, args.train_size, args.test_size, args.patch)
+
+
+def _digits_inputs(x: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    return upsample(x, args.size)
+
+
+def _digits_markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Sequence[dict],
+                     per_seed: List[dict], primary: Sequence[dict]) -> str:
+    linear = {k: dict(zip(("mean", "sd"), mean_sd([s["linear"][k] for s in per_seed]))) for k in OCCLUSIONS}
+    changed = {k: mean_sd([s["changed"][k] for s in per_seed])[0] for k in OCCLUSIONS if k != "clean"}
+    return markdown(summary, settings, runtime, pairs, linear, changed, primary)
+
+
+@functools.lru_cache(maxsize=None)  # (a few hundred kB a seed)
+def _seed_data(seed: int, n_train: int, n_test: Optional[int], patch: int) -> Split:
+    return make_digits(seed, n_train, n_test, patch)
+
+
+DIGITS = Task(home=(__name__, "DIGITS"), script="python examples/digits.py", names=NAMES, configs=CONFIGS,
+              contrasts=CONTRASTS, make=_digits_split, build=build_model, inputs=_digits_inputs, describe=describe,
+              markdown=_digits_markdown)
+
+
 # -- command line ---------------------------------------------------------------------------------------
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def common_arguments(parser: argparse.ArgumentParser, task: Task, default_out: Path) -> None:
+    """The options every study takes (seeds, training, regularisers, workers, output)."""
+    files = " and ".join(task.names)
     parser.add_argument("--seeds", type=int, default=5, help="how many paired seeds (first-seed .. first-seed + N - 1)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first seed (a confirmatory run takes fresh ones)")
     parser.add_argument("--primary", nargs="+", default=[], metavar="A:B",
                         help="declared primary contrasts on the discriminative patch, e.g. camdrop:none (Holm-adjusted)")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--train-size", type=int, default=1000, help="training digits per seed (stratified)")
-    parser.add_argument("--test-size", type=int, default=None, help="test digits (default: all the others)")
-    parser.add_argument("--size", type=int, default=32, help="upsampled side (a multiple of 4); the map is size/4")
-    parser.add_argument("--patch", type=int, default=3, help="side of the blanked patch, in original 8x8 pixels")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--drop-prob", type=float, default=0.1, help="every regulariser's final rate")
     parser.add_argument("--block-size", type=int, default=3)
-    parser.add_argument("--probe", type=int, default=500, help="test digits to measure the share dropped on")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=list(task.configs), choices=list(task.configs))
     parser.add_argument("--workers", type=int, default=None,
                         help="processes running (seed, configuration) jobs side by side (default: 2, or the CPU "
                              "count if lower; --quick: 1, in this process)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="folder for digits.md and digits.json (created if absent)")
-    parser.add_argument("--overwrite", action="store_true", help="replace digits.md / digits.json already in --out")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 2 seeds, 2 epochs, 200 training and 200 test digits, in this process")
+    parser.add_argument("--out", type=Path, default=default_out, help=f"folder for {files} (created if absent)")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {files} already in --out")
     parser.add_argument("--rerender", action="store_true",
-                        help="no training: rebuild the table from the runs saved in --out/digits.json")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.epochs, args.train_size, args.test_size, args.probe = 2, 2, 200, 200, 200
+                        help=f"no training: rebuild the table from the runs saved in --out/{task.names[1]}")
+
+
+def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace, task: Task,
+                 argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Validate the common options; ``args.primary`` becomes pairs, ``args.command`` the command line."""
     if args.workers is None:
         args.workers = 1 if args.quick else min(2, os.cpu_count() or 1)
-    if args.size % 4 or args.size < 4 * args.block_size:
-        parser.error(f"--size must be a multiple of 4 and give a map of at least --block-size; got {args.size}")
     if "none" not in args.configs:
         args.configs.insert(0, "none")
     if args.first_seed < 0:
@@ -512,8 +573,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         primary.append((a, b))
     args.primary = primary
     shown = list(sys.argv[1:] if argv is None else argv)
-    args.command = " ".join(["python examples/digits.py", *shown])
+    args.command = " ".join([task.script, *shown])
     return args
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common_arguments(parser, DIGITS, DEFAULT_OUT)
+    parser.add_argument("--train-size", type=int, default=1000, help="training digits per seed (stratified)")
+    parser.add_argument("--test-size", type=int, default=None, help="test digits (default: all the others)")
+    parser.add_argument("--size", type=int, default=32, help="upsampled side (a multiple of 4); the map is size/4")
+    parser.add_argument("--patch", type=int, default=3, help="side of the blanked patch, in original 8x8 pixels")
+    parser.add_argument("--probe", type=int, default=500, help="test digits to measure the share dropped on")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 2 seeds, 2 epochs, 200 training and 200 test digits, in this process")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.train_size, args.test_size, args.probe = 2, 2, 200, 200, 200
+    if args.size % 4 or args.size < 4 * args.block_size:
+        parser.error(f"--size must be a multiple of 4 and give a map of at least --block-size; got {args.size}")
+    return check_common(parser, args, DIGITS, argv)
 
 
 def _shown(value):
@@ -523,50 +603,44 @@ def _shown(value):
     return value
 
 
-@functools.lru_cache(maxsize=None)  # (a few hundred kB a seed)
-def _seed_data(seed: int, n_train: int, n_test: Optional[int], patch: int) -> Digits:
-    return make_digits(seed, n_train, n_test, patch)
-
-
-def run_job(job: Tuple[int, str], args: argparse.Namespace) -> Tuple[int, str, dict]:
+def run_job(job: Tuple[int, str], args: argparse.Namespace, task: Task) -> Tuple[int, str, dict]:
     seed, name = job
     torch.set_num_threads(args.threads)
-    return seed, name, train_and_evaluate(name, seed, _seed_data(seed, args.train_size, args.test_size, args.patch),
-                                          args)
+    return seed, name, train_and_evaluate(name, seed, task.make(seed, args), args, task)
 
 
-def _jobs(args: argparse.Namespace):
+def _jobs(args: argparse.Namespace, task: Task):
     """Every (seed, configuration), in ``args.workers`` spawned workers when > 1. Every run seeds
     itself, so neither the worker nor the order changes its numbers."""
     jobs = [(seed, name) for seed in _seeds(args) for name in args.configs]
     if args.workers <= 1:
-        yield from (run_job(job, args) for job in jobs)
+        yield from (run_job(job, args, task) for job in jobs)
         return
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.workers) as pool:
-        yield from pool.imap_unordered(functools.partial(run_job, args=args), jobs)
+        yield from pool.imap_unordered(functools.partial(run_job, args=args, task=task), jobs)
 
 
 def _seeds(args: argparse.Namespace) -> List[int]:
     return list(range(args.first_seed, args.first_seed + args.seeds))
 
 
-def _outputs(out: Path) -> Tuple[Path, Path]:
-    return out / NAMES[0], out / NAMES[1]
+def _outputs(out: Path, task: Task) -> Tuple[Path, Path]:
+    return out / task.names[0], out / task.names[1]
 
 
-def _refuse_overwrite(args: argparse.Namespace) -> None:
-    existing = [str(p) for p in _outputs(args.out) if p.exists()]
+def _refuse_overwrite(args: argparse.Namespace, task: Task) -> None:
+    existing = [str(p) for p in _outputs(args.out, task) if p.exists()]
     if existing and not args.overwrite:
         raise SystemExit(f"refusing to overwrite {', '.join(existing)}: pass --overwrite, or a fresh --out folder")
 
 
-def run(args: argparse.Namespace) -> dict:
-    _refuse_overwrite(args)
+def run(args: argparse.Namespace, task: Task = DIGITS) -> dict:
+    _refuse_overwrite(args, task)
     torch.set_num_threads(args.threads)
     wall = time.perf_counter()
     runs: Dict[str, Dict[int, dict]] = {name: {} for name in args.configs}
-    for seed, name, result in _jobs(args):
+    for seed, name, result in _jobs(args, task):
         runs[name][seed] = result
         print(f"seed {seed} {name:12s} clean {100 * result['clean']:5.1f}  random {100 * result['random']:5.1f}  "
               f"discr. {100 * result['discriminative']:5.1f}  dropped {100 * result['dropped_full']:5.2f}% "
@@ -577,41 +651,40 @@ def run(args: argparse.Namespace) -> dict:
                "cpu_seconds": sum(r["cpu_seconds"] for results in ordered.values() for r in results),
                "process_cpu_seconds": me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime}
     seeds = _seeds(args)
-    data = [_seed_data(s, args.train_size, args.test_size, args.patch) for s in seeds]
+    data = [task.make(s, args) for s in seeds]
     settings = {key: _shown(value) for key, value in vars(args).items()}
     settings["seeds"] = seeds
     settings["test_count"] = len(data[0].test_y)
     settings["package"] = _shown(Path(ck.__file__).parent)  # which camdrop_kernels ran (a checkout or an install)
-    per_seed = [describe(s, d) for s, d in zip(seeds, data)]
-    report = analyse(settings, runtime, ordered, per_seed)
-    write(report, args.out)
+    per_seed = [task.describe(s, d) for s, d in zip(seeds, data)]
+    report = analyse(settings, runtime, ordered, per_seed, task)
+    write(report, args.out, task)
     return report
 
 
-def analyse(settings: dict, runtime: dict, runs: Dict[str, List[dict]], per_seed: List[dict]) -> dict:
-    summary = summarise(runs)
-    pairs = contrasts(runs)
-    linear = {k: dict(zip(("mean", "sd"), mean_sd([s["linear"][k] for s in per_seed]))) for k in OCCLUSIONS}
-    changed = {k: mean_sd([s["changed"][k] for s in per_seed])[0] for k in OCCLUSIONS if k != "clean"}
+def analyse(settings: dict, runtime: dict, runs: Dict[str, List[dict]], per_seed: List[dict],
+            task: Task = DIGITS) -> dict:
+    summary = summarise(runs, task.configs)
+    pairs = contrasts(runs, task.contrasts)
     primary = primary_family(runs, [tuple(pair) for pair in settings.get("primary", ())])
     return {"settings": settings, "runtime": runtime, "summary": summary, "contrasts": pairs, "primary": primary,
             "runs": runs, "data": per_seed,
-            "markdown": markdown(summary, settings, runtime, pairs, linear, changed, primary)}
+            "markdown": task.markdown(summary, settings, runtime, pairs, per_seed, primary)}
 
 
-def write(report: dict, out: Path) -> None:
+def write(report: dict, out: Path, task: Task = DIGITS) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    md, js = _outputs(out)
+    md, js = _outputs(out, task)
     md.write_text(report["markdown"])
     js.write_text(json.dumps(report, indent=1))
     print(report["markdown"])
 
 
-def rerender(out: Path) -> dict:
+def rerender(out: Path, task: Task = DIGITS) -> dict:
     """Rebuild the summary and the table from a saved report's raw runs (no training)."""
-    saved = json.loads(_outputs(out)[1].read_text())
-    report = analyse(saved["settings"], saved["runtime"], saved["runs"], saved["data"])
-    write(report, out)
+    saved = json.loads(_outputs(out, task)[1].read_text())
+    report = analyse(saved["settings"], saved["runtime"], saved["runs"], saved["data"], task)
+    write(report, out, task)
     return report
 
 

@@ -6,15 +6,18 @@
   channel-mean map over all channels instead of the CAM over the top channels, i.e. the same
   block-dropping machinery without the class guidance.
 - DropBlock, :class:`DropBlock`: ``torchvision.ops.drop_block2d`` itself, with the share it drops
-  read from its mask (replayed from the same random state), not from zeros after a ReLU.
+  read from its mask (replayed from the same random state), not from zeros after a ReLU; on 1-D
+  maps :class:`DropBlock1d`, the same algorithm (torchvision has no 1-D one).
 
-Shared by ``evidence.py`` and ``cifar10.py`` (both put this folder on ``sys.path``).
+Shared by ``evidence.py``, ``cifar10.py``, ``digits.py`` and ``mnist_1d.py`` (each puts this folder on
+``sys.path``).
 """
 from __future__ import annotations
 
 from typing import List
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import camdrop_kernels as ck
@@ -73,9 +76,41 @@ class DropBlock(nn.Module):
         return f"drop_prob={self.drop_prob}, block_size={self.block_size}"
 
 
+class DropBlock1d(nn.Module):
+    """DropBlock on 1-D maps (N, C, L), as torchvision's ``drop_block2d`` does it in 2-D (torchvision
+    has 2-D and 3-D only): Bernoulli seeds at rate ``drop_prob * L / (b * (L - b + 1))`` where a whole
+    block of b fits, each grown over the b positions from it, the kept rest rescaled by numel / kept.
+    ``last_dropped_fraction`` is the share of its mask dropped (a 0-d tensor)."""
+
+    def __init__(self, drop_prob: float, block_size: int) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.block_size = block_size
+        self.last_dropped_fraction = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            if self.training:
+                self.last_dropped_fraction = torch.zeros((), device=x.device)
+            return x
+        N, C, L = x.shape
+        b = min(self.block_size, L)
+        gamma = self.drop_prob * L / (b * (L - b + 1))
+        seeds = torch.empty((N, C, L - b + 1), dtype=x.dtype, device=x.device).bernoulli_(min(1.0, gamma))
+        # position i is dropped when a seed sits at one of i - b + 1 .. i: a max over b after padding
+        # b - 1 zeros on each side (length L + b - 1 -> L)
+        dropped = F.max_pool1d(F.pad(seeds, (b - 1, b - 1)), b, stride=1)
+        keep = 1.0 - dropped
+        self.last_dropped_fraction = dropped.detach().float().mean()
+        return x * keep * (keep.numel() / (1e-6 + keep.sum()))
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}, block_size={self.block_size}"
+
+
 def regularizer_layers(model: nn.Module) -> List[nn.Module]:
     """Every CamDrop (average-guided included) and DropBlock layer of ``model``."""
-    return [m for m in model.modules() if isinstance(m, (CamDropNd, DropBlock))]
+    return [m for m in model.modules() if isinstance(m, (CamDropNd, DropBlock, DropBlock1d))]
 
 
 def set_rate(model: nn.Module, drop_prob: float) -> None:
@@ -83,7 +118,7 @@ def set_rate(model: nn.Module, drop_prob: float) -> None:
     :func:`camdrop_kernels.set_drop_prob` does for CamDrop layers alone)."""
     ck.set_drop_prob(model, drop_prob)
     for layer in regularizer_layers(model):
-        if isinstance(layer, DropBlock):
+        if isinstance(layer, (DropBlock, DropBlock1d)):
             layer.drop_prob = drop_prob * layer.drop_prob_scale
 
 
