@@ -12,7 +12,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from . import api, validation
+from . import api, ops, validation
 from .guidance import self_guidance
 from .guide import Guide
 from .options import Options
@@ -193,6 +193,8 @@ class CamDropNd(nn.Module):
         # Under torch.compile the rate is a tensor input: never branch on its value there.
         if (not compiling and self._p == 0.0) or x.shape[1] == 0 or x.numel() == 0:
             return self._nothing_dropped(x, compiling)
+        if compiling:  # (warns while the graph is traced; the compiled graph drops the call)
+            ops.check_map_size(x, self.options.key, type(self).__name__)
         seed = make_seed(None, None, x)
         if cam is None:
             guidance = self.guide.guidance(x, seed, compiling)
@@ -270,25 +272,14 @@ class CamDropNd(nn.Module):
         guide.eager_mark = guide.mark()
 
     def _check_map_size(self, x: torch.Tensor) -> None:
-        """Warn once per map size when the block leaves fewer than a quarter of the pixels as seed
-        centres (SPEC step 3: the whole block inside the map) and top_pixels is the default
-        (P // block area): the layer then drops in few samples, if any (e.g. block 5 on 6x6: 4 of 36
-        pixels, 1 top pixel; block 3 on 3x3: 1 of 9), which would otherwise show only as a share near
-        0 in the statistics. Eager forwards only (a compiled one does not warn)."""
+        """Warn once per map size when the block is too big for the map (Options.small_map_warning),
+        which would otherwise show only as a share near 0 in the statistics. In eager forwards with
+        a nonzero rate; a compiled forward asks ``ops.check_map_size`` once per compilation."""
         spatial = tuple(x.shape[2:])
         self.__dict__.setdefault("_map_sizes_checked", set()).add(spatial)
-        if x.dim() != self.rank + 2:
-            return
-        g = self.options.geometry(x.shape[1], spatial)
-        if 4 * g.num_valid < g.P and self.options.top_pixels is None:  # (a chosen top_pixels is the user's call)
-            size = "x".join(map(str, spatial))
-            warnings.warn(
-                f"{type(self).__name__} (block_size={self.options.block_size}) on a {size} map: only {g.num_valid} of "
-                f"its {g.P} pixels can centre a whole block, and {g.top_pixels} top pixel"
-                f"{'s are' if g.top_pixels != 1 else ' is'} eligible, so this layer will drop in few samples, if any "
-                "(its last_dropped_fraction shows how much). Use a smaller block_size for maps this small "
-                "(convert(..., block_size=...)), larger inputs, or place the layer at a larger map", UserWarning,
-                stacklevel=4)
+        message = self.options.small_map_warning(type(self).__name__, x.shape[1], spatial)
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     # -- statistics ------------------------------------------------------------------------------
     @property

@@ -12,6 +12,8 @@ kernel that imports nothing from triton:
   ``options`` is ``Options.key``.
 - ``camdrop_apply(x, slots, bits, scale) -> y``: step 8, +0.0 where dropped, else x * scale.
 - ``camdrop_apply_(x!, slots, bits, scale)``: the same, written into x.
+- ``check_map_size(x, options, owner)``: warns when x's map is too small for the block; what a
+  layer calls under torch.compile, where its own Python cannot warn (see below).
 
 Each kernel checks what it is handed (``checks.py``), hands the backend tensors it can read
 (no zero tensors, no negative bit, aligned), and asks the registry once which backend runs.
@@ -26,6 +28,7 @@ output is the apply of the tangent; the ops called directly with a dual tensor r
 """
 from __future__ import annotations
 
+import warnings
 from typing import Tuple
 
 import torch
@@ -167,6 +170,45 @@ def _apply_fake(x, slots, bits, scale):
 @torch.library.register_fake("camdrop_kernels::camdrop_apply_")
 def _apply_inplace_fake(x, slots, bits, scale):
     checks.apply_inputs(x, slots, bits, scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# The map-size check a compiled layer cannot make itself
+# ---------------------------------------------------------------------------------------------
+# A layer's eager forward warns from Python when its map is too small for the block
+# (Options.small_map_warning). Under torch.compile that Python is traced, and a warning there would
+# break the graph, so the layer calls this op instead: its fake kernel warns while the graph is
+# traced (once per compilation, not per step), and the compiled graph drops it (no output, no
+# mutation: nothing to keep), so it costs a compiled step nothing.
+_lib.define("check_map_size(Tensor x, str options, str owner) -> ()")
+check_map_size = torch.ops.camdrop_kernels.check_map_size.default
+
+
+def _static(size):
+    """A dimension's value, or its example value when symbolic (read without adding a guard: a
+    warning must not specialise the graph); None when it has none."""
+    if isinstance(size, int):
+        return size
+    hint = getattr(getattr(size, "node", None), "hint", None)
+    return hint if isinstance(hint, int) else None
+
+
+def _check_map_size(x, options, owner):
+    opts = Options.decode(options)
+    if x.dim() != opts.rank + 2:
+        raise ValueError(f"x must be (N, C, *S) with {opts.rank} spatial axes for these options; got shape "
+                         f"{tuple(x.shape)}")
+    sizes = [_static(s) for s in x.shape[1:]]
+    if any(s is None for s in sizes):
+        return
+    message = opts.small_map_warning(owner, sizes[0], tuple(sizes[1:]))
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+
+for _key in ("CPU", "CUDA"):
+    _lib.impl("check_map_size", _check_map_size, _key)
+torch.library.register_fake("camdrop_kernels::check_map_size")(_check_map_size)
 
 
 # ---------------------------------------------------------------------------------------------

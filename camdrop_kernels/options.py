@@ -147,6 +147,23 @@ class Options:
         """The geometry and counts for a map of ``spatial`` pixels and ``channels`` channels (cached)."""
         return _geometry(self, int(channels), tuple(int(s) for s in spatial))
 
+    def small_map_warning(self, owner: str, channels: int, spatial: Tuple[int, ...]) -> Optional[str]:
+        """What to tell a user whose map leaves fewer than a quarter of its pixels as seed centres
+        (SPEC step 3: the whole block inside the map) while top_pixels is the default (P // block
+        area): the layer then drops in few samples, if any (block 5 on 6x6: 4 of 36 centres, 1 top
+        pixel; block 3 on 3x3: 1 of 9). None when the map is large enough or top_pixels was chosen
+        (the user's call)."""
+        if self.top_pixels is not None or len(spatial) != self.rank:
+            return None
+        g = self.geometry(channels, spatial)
+        if 4 * g.num_valid >= g.P:
+            return None
+        return (f"{owner} (block_size={self.block_size}) on a {'x'.join(map(str, spatial))} map: only {g.num_valid} "
+                f"of its {g.P} pixels can centre a whole block, and {g.top_pixels} top pixel"
+                f"{'s are' if g.top_pixels != 1 else ' is'} eligible, so this layer will drop in few samples, if any "
+                "(its last_dropped_fraction shows how much). Use a smaller block_size for maps this small "
+                "(convert(..., block_size=...)), larger inputs, or place the layer at a larger map")
+
     def num_top_channels(self, channels):
         """n' (SymInt-friendly: fake tensors use it for the saved state's shape)."""
         return resolve_count(self.top_channels, channels, max(1, channels // 8))

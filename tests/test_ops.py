@@ -1,5 +1,7 @@
 """The registered ops: schema/fake checks (opcheck), meta tensors, and torch.compile: fullgraph,
 dynamic shapes, and a drop-rate schedule that never recompiles."""
+import warnings
+
 import pytest
 import torch
 
@@ -211,3 +213,51 @@ def test_the_profiler_sees_the_ops():
         ck.camdrop(x, cam, alpha, 0.3, 3, seed=1).sum().backward()
     names = {e.key for e in prof.key_averages()}
     assert {"camdrop_kernels::camdrop", "camdrop_kernels::camdrop_apply"} <= names, names
+
+
+def test_check_map_size_op_warns_eager_and_fake_alike():
+    """The op a compiled layer calls to warn about a map too small for its block: opcheck'd, the
+    same message as the layer's eager check, silent at a large map, and checked input."""
+    key = Options.get(2, 5, None, None, "square", "batch", "eligible", 1.0).key
+    small = torch.randn(2, 8, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (opcheck calls it several ways; each warns)
+        torch.library.opcheck(ops.check_map_size, (small, key, "CamDrop2d"))
+    with pytest.warns(UserWarning, match=r"CamDrop2d \(block_size=5\) on a 6x6 map: only 4 of its 36 pixels"):
+        ops.check_map_size(small, key, "CamDrop2d")
+    with pytest.warns(UserWarning, match="on a 6x6 map"):
+        ops.check_map_size(torch.empty(2, 8, 6, 6, device="meta"), key, "CamDrop2d")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.check_map_size(torch.randn(2, 8, 14, 14), key, "CamDrop2d")
+        chosen = Options.get(2, 5, 1.0, None, "square", "batch", "eligible", 1.0).key  # a chosen top_pixels
+        ops.check_map_size(small, chosen, "CamDrop2d")
+    with pytest.raises(ValueError, match="2 spatial axes"):
+        ops.check_map_size(torch.randn(2, 8, 6), key, "CamDrop2d")
+    with pytest.raises(ValueError, match="not a valid Options.key"):
+        ops.check_map_size(small, "2|5|bogus", "CamDrop2d")
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_compiled_layer_warns_about_a_map_too_small_once_per_compilation(dynamic):
+    """Under torch.compile the layer's Python cannot warn without breaking the graph: the warning
+    comes from the check op's fake kernel while the graph is traced (fullgraph, static and dynamic
+    shapes), later steps are silent (the compiled graph dropped the call), and a rate schedule does
+    not recompile for it."""
+    torch._dynamo.reset()
+    layer = ck.CamDrop2d(0.0, 5, guidance="self").train()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    counts = []
+    for step, rate in enumerate((0.1, 0.2, 0.3, 0.4)):
+        ck.set_drop_prob(layer, rate)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled(torch.randn(2, 8, 6, 6, requires_grad=True)).sum().backward()
+        counts.append(sum("can centre a whole block" in str(w.message) for w in caught))
+    assert counts[0] >= 1 and counts[2:] == [0, 0], counts  # (step 2 retraces once: the statistics' first write)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch._dynamo.reset()
+        big = torch.compile(ck.CamDrop2d(0.1, 5, guidance="self").train(), backend="aot_eager", fullgraph=True,
+                            dynamic=dynamic)
+        big(torch.randn(2, 8, 14, 14))
