@@ -66,6 +66,7 @@ class Guide:
     """The guidance and statistics of one CamDrop layer (see the module's docstring)."""
 
     eager_mark: Optional[tuple] = None  # mark() after the last eager record (see CamDropNd._record)
+    presized = False  # a targets block sized the statistics (compiled forwards then write them in place)
 
     def __init__(self, owner: str, mode: str = "classifier", missing_targets: str = "error") -> None:
         self.owner = owner  # the layer's class name, for messages
@@ -262,8 +263,14 @@ class Guide:
     # -- statistics -----------------------------------------------------------------------------
     def record(self, dropped: Tensor, rate: Tensor, compiling: bool) -> None:
         """Keep a training forward's statistics. Under torch.compile they are copied into the tensors
-        already there (``targets`` sizes them for each batch), because inside a checkpointed region
-        (torch.utils.checkpoint) dynamo refuses to assign attributes but allows in-place writes."""
+        already there when ``targets`` sized them for the batch, because inside a checkpointed region
+        (torch.utils.checkpoint) dynamo refuses to assign attributes but allows in-place writes.
+        Without a ``targets`` block (self guidance) they are assigned, without reading the old ones:
+        reading them would make the first compiled step (none yet) and the next (some) trace
+        differently, i.e. recompile the whole model at its second step."""
+        if compiling and not self.presized:
+            self.last_dropped, self.last_rate = dropped, rate
+            return
         last_dropped, last_rate = self.last_dropped, self.last_rate
         if (compiling and last_dropped is not None and last_rate is not None
                 and last_dropped.shape == dropped.shape and last_dropped.dtype == dropped.dtype
@@ -279,6 +286,7 @@ class Guide:
     def size_statistics(self, n: int, device: torch.device) -> None:
         """Give last_dropped and last_rate the shape (n,) on ``device``, so that a compiled forward
         writes them in place (``targets`` calls it before the batch's forward)."""
+        self.presized = True
         d, r = self.last_dropped, self.last_rate
         if d is None or d.shape != (n,) or d.device != device or r is None or r.shape != (n,) or r.device != device:
             self.last_dropped = torch.zeros((n,), dtype=torch.int64, device=device)

@@ -50,6 +50,7 @@ FUZZ = textwrap.dedent(r'''
         "camdrop_state": [x, cam, alpha, seed, p, key],
         "camdrop_apply": [x, slots, bits, scale],
         "camdrop_apply_": [x.clone(), slots, bits, scale],
+        "check_map_size": [x, key, "CamDrop2d"],
     }
     survived = raised = 0
     for k in range(calls):

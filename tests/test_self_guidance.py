@@ -3,6 +3,7 @@ channel-mean map as the CAM and its channel means as alpha; no classifier, no ta
 layers of every rank, in ``convert``, on timm ``features_only`` models and torchvision's FPN backbone."""
 import pytest
 import torch
+import torch._dynamo.testing
 
 import camdrop_kernels as ck
 from camdrop_kernels import reference
@@ -93,4 +94,29 @@ def test_self_guided_layer_compiles():
     torch.manual_seed(3)
     layer(eager * 2).sum().backward()
     assert torch.equal(x.grad, eager.grad)
+    torch._dynamo.reset()
+
+
+def test_a_compiled_self_guided_model_without_targets_compiles_once():
+    """Self guidance needs no targets block, so nothing sizes the statistics before a compiled
+    step: they are assigned, not read (reading them made step 2 trace differently from step 1: a
+    recompile of the whole model). Each step's statistics are that step's, as in eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), ck.CamDrop2d(0.0, 3, guidance="self"),
+                                torch.nn.ReLU()).train()
+    layer = model[1]
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for step, (rate, n) in enumerate(((0.0, 4), (0.3, 4), (0.5, 4), (0.2, 4))):
+        ck.set_drop_prob(model, rate)
+        x = torch.randn(n, 3, 12, 12, generator=torch.Generator().manual_seed(step))
+        torch.manual_seed(step)
+        compiled(x).sum().backward()
+        got = (layer.last_dropped.clone(), float(layer.last_dropped_fraction))
+        torch.manual_seed(step)
+        model(x).sum().backward()
+        assert torch.equal(got[0], layer.last_dropped) and got[1] == float(layer.last_dropped_fraction)
+        assert (got[1] > 0) == (rate > 0)
+    assert counter.frame_count == 1
     torch._dynamo.reset()
