@@ -190,6 +190,27 @@ def test_compiled_checkpointing_matches_eager(mode):
     assert counter.frame_count == 2
 
 
+def test_compiled_checkpointed_self_guidance_needs_the_targets_block_for_one_graph():
+    """Self guidance reads no labels, but under torch.compile a checkpointed region may not assign
+    attributes: inside a targets block (which sizes the statistics) the whole model is one graph
+    and equals eager; without one, fullgraph refuses (without fullgraph dynamo runs those blocks
+    eagerly: the README says to use the block)."""
+    x, y = batch()
+    eager = make_net(guidance="self")
+    expected = step(eager, eager, x, y)
+    model = make_net(guidance="self")
+    model.checkpointing = "non_reentrant"
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    assert_same(expected, step(model, compiled, x, y))
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+    bare = make_net(guidance="self")
+    bare.checkpointing = "non_reentrant"
+    with pytest.raises(Exception, match="(?i)side effect"):
+        torch.compile(bare, backend="aot_eager", fullgraph=True)(x.clone().requires_grad_())
+
+
 def test_compiled_timm_set_grad_checkpointing():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
