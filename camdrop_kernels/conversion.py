@@ -395,6 +395,16 @@ def convert(
                 "evaluation (examples/results/evidence.md). The default for ViTs is guidance='self'; check a "
                 "classifier-guided model with camdrop_kernels.label_readback(model, images, labels)",
                 UserWarning, stacklevel=2)
+    dense = structure.dense_predictor(model_)
+    if dense is not None and classifier is None:
+        # A segmentation head's classifier is a 1x1 conv predicting each pixel, and its targets are
+        # masks: no image-level label exists to guide by. Its default is self guidance, as for ViTs.
+        if options.get("guidance", "self") == "classifier":
+            raise ValueError(
+                f"{dense} predicts per pixel: CamDrop's classifier guidance follows one class label per image "
+                "(the head's weights for it), which segmentation training does not have. Use guidance='self' "
+                "(convert's default for segmentation models), or pass classifier= an image-level linear head")
+        options = dict(options, guidance="self")
     self_guided = options.get("guidance", "classifier") == "self"
     if self_guided:
         if classifier is not None:

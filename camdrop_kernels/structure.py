@@ -158,6 +158,19 @@ _TORCHVISION_TRUNKS = {("torchvision.models.googlenet", "GoogLeNet"): "children"
                        ("torchvision.models.mnasnet", "MNASNet"): "layers"}
 
 
+_TORCHVISION_DENSE = (("torchvision.models.segmentation._utils", "_SimpleSegmentationModel"),  # FCN, DeepLabV3
+                      ("torchvision.models.segmentation.lraspp", "LRASPP"))
+
+
+def dense_predictor(model: nn.Module) -> Optional[str]:
+    """The kind of model when its head predicts per pixel (torchvision's segmentation models), so
+    that no image-level label can guide it; None otherwise."""
+    for module, name in _TORCHVISION_DENSE:
+        if isinstance(model, getattr(sys.modules.get(module), name, ())):  # (subclasses too)
+            return f"{type(model).__name__} (a segmentation model)"
+    return None
+
+
 def _split(children, prefix: str) -> Optional[List[List[str]]]:
     """A trunk's children split into levels at each child that downsamples (torchvision_levels)."""
     levels: List[List[str]] = []

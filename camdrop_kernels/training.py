@@ -65,8 +65,10 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
         raise TypeError(f"targets must be a tensor: class indices (N,) or soft targets (N, K); got "
                         f"{type(targets).__name__}")
     if targets.dim() not in (1, 2):
+        dense = (" Per-pixel targets (segmentation masks) cannot guide it: convert the model with guidance='self' "
+                 "(the map's own channel means), which needs no labels" if targets.dim() >= 3 else "")
         raise ValueError(f"targets must be class indices (N,) or soft targets (N, K); got shape "
-                         f"{tuple(targets.shape)}")
+                         f"{tuple(targets.shape)}.{dense}")
     checked = set()
     for layer in layers:
         guide = layer.guide

@@ -311,6 +311,12 @@ def test_messages_name_the_argument():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         with ck.targets("m", torch.tensor([1])):
             pass
+    # A segmentation model's masks are not image labels: the message says what guides it instead.
+    model = ck.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                           torch.nn.Conv2d(8, 5, 1)), where=["1"], guidance="self")
+    with pytest.raises(ValueError, match=r"got shape \(2, 6, 6\)\. Per-pixel targets .* guidance='self'"):
+        with ck.targets(model, torch.zeros(2, 6, 6, dtype=torch.long)):
+            pass
 
 
 # ---------------------------------------------------------------------------------------------

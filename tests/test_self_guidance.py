@@ -83,6 +83,27 @@ def test_torchvision_fpn_backbone_trains_without_labels():
     assert "did not run" not in ck.dropped_summary(detector)
 
 
+def test_segmentation_models_default_to_self_guidance():
+    """A segmentation model's head is a per-pixel 1x1 conv and its targets are masks: convert binds
+    nothing by default (self guidance, trained without a targets block), refuses classifier guidance
+    with the reason, and still takes an explicitly named image-level head."""
+    torch.manual_seed(0)
+    kw = dict(weights=None, weights_backbone=None, num_classes=3, aux_loss=False)
+    model = ck.convert(torchvision.models.segmentation.deeplabv3_resnet50(**kw), drop_prob=0.5).train()
+    layers = ck.camdrop_layers(model)
+    assert len(layers) == 9 and all(layer.guidance == "self" for layer in layers)
+    out = model(torch.randn(2, 3, 64, 64))["out"]
+    torch.nn.functional.cross_entropy(out, torch.randint(0, 3, (2, 64, 64))).backward()
+    assert sum(float(layer.last_dropped.sum()) for layer in layers) > 0
+    for make in (torchvision.models.segmentation.fcn_resnet50, torchvision.models.segmentation.deeplabv3_resnet50):
+        with pytest.raises(ValueError, match=r"a segmentation model\) predicts per pixel.*guidance='self'"):
+            ck.convert(make(**kw), guidance="classifier")
+    seg = torchvision.models.segmentation.fcn_resnet50(**kw)
+    seg.image_head = torch.nn.Linear(2048, 3)  # (an image-level head the user trains beside it)
+    ck.convert(seg, classifier="image_head")
+    assert all(layer.guidance == "classifier" for layer in ck.camdrop_layers(seg))
+
+
 def test_self_guided_layer_compiles():
     torch._dynamo.reset()
     layer = ck.CamDrop2d(0.7, 3, guidance="self").train()
