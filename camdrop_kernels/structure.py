@@ -149,13 +149,17 @@ def torchvision_levels(model: nn.Module) -> Optional[List[List[str]]]:
                        if not any(isinstance(m, nn.Linear) for m in c.modules())), "")
     if kind == "layers" and isinstance(getattr(model, "layers", None), nn.Sequential):
         return _split(model.layers.named_children(), "layers.")
+    if kind == "backbone" and isinstance(getattr(model, "backbone", None), nn.Module):
+        return _split(model.backbone.named_children(), "backbone.")
     return None
 
 
 _TORCHVISION_TRUNKS = {("torchvision.models.googlenet", "GoogLeNet"): "children",
                        ("torchvision.models.inception", "Inception3"): "children",
                        ("torchvision.models.shufflenetv2", "ShuffleNetV2"): "children",
-                       ("torchvision.models.mnasnet", "MNASNet"): "layers"}
+                       ("torchvision.models.mnasnet", "MNASNet"): "layers",
+                       # LR-ASPP: a MobileNetV3's features as its backbone (IntermediateLayerGetter)
+                       ("torchvision.models.segmentation.lraspp", "LRASPP"): "backbone"}
 
 
 _TORCHVISION_DENSE = (("torchvision.models.segmentation._utils", "_SimpleSegmentationModel"),  # FCN, DeepLabV3

@@ -98,6 +98,12 @@ def test_segmentation_models_default_to_self_guidance():
     for make in (torchvision.models.segmentation.fcn_resnet50, torchvision.models.segmentation.deeplabv3_resnet50):
         with pytest.raises(ValueError, match=r"a segmentation model\) predicts per pixel.*guidance='self'"):
             ck.convert(make(**kw), guidance="classifier")
+    lraspp = ck.convert(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3), drop_prob=0.5).train()  # (stages from its backbone)
+    lraspp(torch.randn(2, 3, 128, 128))["out"].sum().backward()
+    layers = ck.camdrop_layers(lraspp)
+    assert len(layers) == 12 and all(layer.guidance == "self" for layer in layers)
+    assert all(float(layer.last_dropped.sum()) > 0 for layer in layers)  # (8x8 and 16x16 maps: every one drops)
     seg = torchvision.models.segmentation.fcn_resnet50(**kw)
     seg.image_head = torch.nn.Linear(2048, 3)  # (an image-level head the user trains beside it)
     ck.convert(seg, classifier="image_head")
