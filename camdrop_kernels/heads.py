@@ -50,7 +50,7 @@ def find_classifier(model: nn.Module) -> nn.Module:
     get = getattr(model, "get_classifier", None)
     if callable(get):
         try:
-            head, where_from = get(), "get_classifier()"
+            head, where_from = get(), ".get_classifier()"
         except Exception:  # noqa: BLE001  (a model's own get_classifier may not apply)
             head = None
     if not isinstance(head, nn.Module):
@@ -64,12 +64,13 @@ def find_classifier(model: nn.Module) -> nn.Module:
         linear = _last_linear(model)
         if linear is None:
             raise ValueError(f"cannot find the classifier of {name} (no nn.Linear): pass classifier= the final linear "
-                             "layer (a module with a 2-D (num_classes, features) weight)")
+                             "layer (a module with a 2-D (num_classes, features) weight)" + SELF_ADVICE)
         return linear
     linear = head if isinstance(head, nn.Linear) else (_last_linear(head) or _last_pointwise_conv(head))
     if linear is None:
         raise ValueError(f"the model's classifier ({name}{where_from}) is a {type(head).__name__}, not an nn.Linear "
-                         "(was the model created with num_classes=0?): pass classifier= the final linear layer")
+                         "(was the model created with num_classes=0?): pass classifier= the final linear layer"
+                         + SELF_ADVICE)
     return linear
 
 
