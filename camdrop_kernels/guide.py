@@ -66,7 +66,7 @@ class Guide:
     """The guidance and statistics of one CamDrop layer (see the module's docstring)."""
 
     eager_mark: Optional[tuple] = None  # mark() after the last eager record (see CamDropNd._record)
-    presized = False  # a targets block sized the statistics (compiled forwards then write them in place)
+    presized = False  # (for guides pickled before it existed; see __init__)
 
     def __init__(self, owner: str, mode: str = "classifier", missing_targets: str = "error") -> None:
         self.owner = owner  # the layer's class name, for messages
@@ -84,6 +84,10 @@ class Guide:
         self.numel = 1  # elements of the last training batch (the layer's _numel buffer mirrors it)
         self.runs = 0  # training forwards recorded (eager); see ran_since
         self.idle = False  # did not run in the last targets block although the model was training
+        # A targets block sized the statistics (compiled forwards then write them in place). Set here,
+        # not only on the class: dynamo guards on whether the instance holds it, so a first write
+        # later would recompile.
+        self.presized = False
 
     # -- the classifier -------------------------------------------------------------------------
     def bind(self, classifier: nn.Module, path: Optional[str] = None, layout=None,
@@ -132,6 +136,9 @@ class Guide:
 
     def leave(self, previous: Optional[Scope]) -> None:
         self.scope = previous
+        # Sized statistics serve the forwards of a targets block; after it, compiled forwards assign
+        # them again, so a model compiled for steps outside any block keeps one graph for those.
+        self.presized = previous is not None and previous.targets is not None
 
     def set_targets(self, targets: Optional[Tensor]) -> None:
         """Targets for the forwards that follow, outside any block (None clears them)."""
@@ -270,6 +277,9 @@ class Guide:
         differently, i.e. recompile the whole model at its second step."""
         if compiling and not self.presized:
             self.last_dropped, self.last_rate = dropped, rate
+            # (new tensors: a later eager forward must not take one whose id reuses the memory of its
+            # own last statistics for "nothing changed since" and skip refilling the count buffer)
+            self.eager_mark = None
             return
         last_dropped, last_rate = self.last_dropped, self.last_rate
         if (compiling and last_dropped is not None and last_rate is not None

@@ -77,15 +77,16 @@ class DropBlock(nn.Module):
 
 
 class DropBlock1d(nn.Module):
-    """DropBlock on 1-D maps (N, C, L), as torchvision's ``drop_block2d`` does it in 2-D (torchvision
-    has 2-D and 3-D only): Bernoulli seeds at rate ``drop_prob * L / (b * (L - b + 1))`` where a whole
+    """DropBlock on 1-D maps (N, C, L), the algorithm of torchvision's ``drop_block2d`` in 1-D
+    (torchvision has 2-D and 3-D only; even block sizes work here too): Bernoulli seeds at rate ``drop_prob * L / (b * (L - b + 1))`` where a whole
     block of b fits, each grown over the b positions from it, the kept rest rescaled by numel / kept.
     ``last_dropped_fraction`` is the share of its mask dropped (a 0-d tensor)."""
 
-    def __init__(self, drop_prob: float, block_size: int) -> None:
+    def __init__(self, drop_prob: float, block_size: int, drop_prob_scale: float = 1.0) -> None:
         super().__init__()
         self.drop_prob = drop_prob
         self.block_size = block_size
+        self.drop_prob_scale = drop_prob_scale
         self.last_dropped_fraction = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +94,8 @@ class DropBlock1d(nn.Module):
             if self.training:
                 self.last_dropped_fraction = torch.zeros((), device=x.device)
             return x
+        if x.dim() != 3 or x.shape[-1] == 0:
+            raise ValueError(f"DropBlock1d expects (N, C, L) maps with L >= 1; got shape {tuple(x.shape)}")
         N, C, L = x.shape
         b = min(self.block_size, L)
         gamma = self.drop_prob * L / (b * (L - b + 1))
@@ -102,7 +105,9 @@ class DropBlock1d(nn.Module):
         dropped = F.max_pool1d(F.pad(seeds, (b - 1, b - 1)), b, stride=1)
         keep = 1.0 - dropped
         self.last_dropped_fraction = dropped.detach().float().mean()
-        return x * keep * (keep.numel() / (1e-6 + keep.sum()))
+        # (the kept count in at least float32: a float16 sum of 2**16 ones is inf, and the scale 0)
+        kept = keep.sum(dtype=torch.promote_types(x.dtype, torch.float32))
+        return x * keep * (keep.numel() / (1e-6 + kept)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}, block_size={self.block_size}"

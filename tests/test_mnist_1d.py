@@ -18,6 +18,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 import digits  # noqa: E402
 import mnist_1d  # noqa: E402
+import regularizers  # noqa: E402
 from regularizers import DropBlock1d  # noqa: E402
 
 
@@ -110,11 +111,19 @@ def test_dropblock1d_drops_whole_blocks_around_its_seeds_and_rescales(block):
     assert torch.equal(layer.eval()(x), x)
 
 
-def test_dropblock1d_drops_about_its_rate():
+def test_dropblock1d_drops_about_its_rate_in_half_precision_too():
     layer = DropBlock1d(0.1, 3).train()
     torch.manual_seed(0)
     layer(torch.ones(64, 64, 20))
     assert 0.08 < float(layer.last_dropped_fraction) < 0.105  # 0.1 before blocks overlap
+    torch.manual_seed(0)
+    y = layer(torch.ones(64, 64, 20, dtype=torch.float16))  # (65,536 kept ones: a float16 sum is inf)
+    assert y.dtype == torch.float16 and 0.99 < float(y.float().mean()) < 1.01
+    with pytest.raises(ValueError, match=r"\(N, C, L\) maps"):
+        layer(torch.ones(4, 20))
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), DropBlock1d(0.1, 3, drop_prob_scale=0.25))
+    regularizers.set_rate(model, 0.2)  # (the examples' schedule helper)
+    assert model[1].drop_prob == pytest.approx(0.05)
 
 
 def test_shipped_report_rerenders_from_its_runs(tmp_path):

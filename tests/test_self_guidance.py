@@ -147,3 +147,45 @@ def test_a_compiled_self_guided_model_without_targets_compiles_once():
         assert (got[1] > 0) == (rate > 0)
     assert counter.frame_count == 1
     torch._dynamo.reset()
+
+
+def test_eager_forwards_after_compiled_ones_report_their_own_share():
+    """Compiled forwards without a targets block assign new statistics tensors; a later eager
+    forward must still refill the element count it divides by, even when a compiled output reused
+    the memory (and so the id) of the eager forward's last statistics (it did, in a few percent of
+    such alternations, and the share came out doubled)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = ck.CamDrop2d(0.3, 3, guidance="self").train()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    big, small = torch.randn(4, 16, 12, 12), torch.randn(2, 16, 12, 12)
+    for trial in range(200):
+        layer(big)
+        for _ in range(1 + trial % 4):
+            compiled(small)
+        assert float(layer.last_dropped_fraction) == pytest.approx(float(layer.last_dropped.sum()) / small.numel())
+        layer(big)
+        assert float(layer.last_dropped_fraction) == pytest.approx(float(layer.last_dropped.sum()) / big.numel())
+    torch._dynamo.reset()
+
+
+def test_steps_in_and_out_of_targets_blocks_keep_two_graphs():
+    """A targets block sizes the statistics for its forwards (compiled ones write them in place);
+    after it they are assigned again, so a compiled model used both ways keeps one graph for each
+    instead of recompiling every step outside a block."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), ck.CamDrop2d(0.3, 3, guidance="self")).train()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    frames = []
+    for step in range(6):
+        x = torch.randn(4, 3, 10, 10)
+        if step % 2:
+            with ck.targets(model, torch.zeros(4, dtype=torch.long)):
+                compiled(x).sum().backward()
+        else:
+            compiled(x).sum().backward()
+        frames.append(counter.frame_count)
+    assert frames[-1] == frames[1] <= 2, frames  # (no new graph after the first of each kind)
+    torch._dynamo.reset()
