@@ -12,7 +12,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from . import api, ops, validation
+from . import api, notices, ops, validation
 from .guidance import self_guidance
 from .guide import Guide
 from .options import Options
@@ -279,7 +279,7 @@ class CamDropNd(nn.Module):
         self.__dict__.setdefault("_map_sizes_checked", set()).add(spatial)
         message = self.options.small_map_warning(type(self).__name__, x.shape[1], spatial)
         if message is not None:
-            warnings.warn(message, UserWarning, stacklevel=4)
+            notices.warn(message)
 
     # -- statistics ------------------------------------------------------------------------------
     @property

@@ -28,14 +28,14 @@ output is the apply of the tangent; the ops called directly with a dual tensor r
 """
 from __future__ import annotations
 
-import warnings
+import weakref
 from typing import Tuple
 
 import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from . import backends, checks, cpp, state
+from . import backends, checks, cpp, notices, state
 from .options import Options
 
 _lib = torch.library.Library("camdrop_kernels", "DEF")
@@ -178,8 +178,9 @@ def _apply_inplace_fake(x, slots, bits, scale):
 # A layer's eager forward warns from Python when its map is too small for the block
 # (Options.small_map_warning). Under torch.compile that Python is traced, and a warning there would
 # break the graph, so the layer calls this op instead: its fake kernel warns while the graph is
-# traced (once per compilation, not per step), and the compiled graph drops it (no output, no
-# mutation: nothing to keep), so it costs a compiled step nothing.
+# traced (once per compilation, not per step; with dynamic shapes, at the traced size), and AOT
+# backends drop it from the compiled graph (no output, no mutation: nothing to keep), so it costs
+# a compiled step nothing (backend="eager" keeps it: a check of microseconds a step).
 _lib.define("check_map_size(Tensor x, str options, str owner) -> ()")
 check_map_size = torch.ops.camdrop_kernels.check_map_size.default
 
@@ -202,8 +203,30 @@ def _check_map_size(x, options, owner):
     if any(s is None for s in sizes):
         return
     message = opts.small_map_warning(owner, sizes[0], tuple(sizes[1:]))
-    if message is not None:
-        warnings.warn(message, UserWarning, stacklevel=2)
+    if message is None:
+        return
+    # One compilation runs this fake kernel several times (dynamo's and AOT's traces), and torch's
+    # own warning contexts reset Python's once-per-place registry in between: say it once per
+    # compilation, at the user's line (dynamo's and torch's frames skipped).
+    context = _tracing_context()
+    if context is not None:
+        said = _WARNED.setdefault(context, set())
+        if message in said:
+            return
+        said.add(message)
+    notices.warn(message)
+
+
+# The messages said in each compilation, by its tracing context (one object per compilation, shared
+# by dynamo's and AOT's traces; compile ids restart after torch._dynamo.reset(), these objects do not).
+_WARNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _tracing_context():
+    try:
+        return torch._guards.TracingContext.try_get()
+    except AttributeError:  # (another torch's internals: warn every time rather than never)
+        return None
 
 
 for _key in ("CPU", "CUDA"):

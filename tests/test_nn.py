@@ -310,8 +310,9 @@ def test_a_map_too_small_for_the_block_warns_once_per_size():
     would drop in few samples. It says so once per map size, not at sizes where blocks fit."""
     layer = ck.CamDrop2d(0.3, 5, guidance="self").train()
     with pytest.warns(UserWarning, match=r"on a 6x6 map: only 4 of its 36 pixels can centre a whole block, and 1 top "
-                                         r"pixel is eligible"):
+                                         r"pixel is eligible") as caught:
         layer(torch.randn(2, 8, 6, 6))
+    assert [w.filename for w in caught] == [__file__]  # (the caller's line, not torch's module machinery)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(torch.randn(2, 8, 6, 6))  # once per size
