@@ -5,7 +5,6 @@ batch's targets, or its own activations) and what it reports live in its :class:
 """
 from __future__ import annotations
 
-import warnings
 from typing import Optional, Union
 
 import torch

@@ -64,7 +64,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import camdrop_kernels as ck  # noqa: E402
-from evidence import SmallCNN, accuracy, mean_sd, paired, t_test_p  # noqa: E402  (the same network and statistics)
+from evidence import SmallCNN, accuracy, mean_sd, paired, percent, t_test_p  # noqa: E402  (the same network and statistics)
 from camdrop_kernels.nn import CamDropNd  # noqa: E402
 from regularizers import DropBlock  # noqa: E402
 
@@ -396,10 +396,6 @@ def primary_family(runs: Dict[str, List[dict]], declared: Sequence[Tuple[str, st
 
 
 # -- report ------------------------------------------------------------------------------------------
-def _pct(stat: dict) -> str:
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['sd']:.1f}"
-
-
 def _diff(diff: Optional[dict]) -> str:
     if diff is None:
         return "—"
@@ -409,11 +405,8 @@ def _diff(diff: Optional[dict]) -> str:
 
 def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Sequence[dict],
              linear: Dict[str, dict], changed: Dict[str, float], primary: Sequence[dict] = ()) -> str:
-    seeds = settings["seeds"]
-    shown_seeds = "" if seeds == list(range(len(seeds))) else f" (seeds {seeds[0]}-{seeds[-1]})"
-    n_tests = sum(1 for e in summary.values() for k in OCCLUSIONS if f"{k}_vs_none" in e) + len(pairs) * len(OCCLUSIONS)
     lines = [
-        f"### CamDrop on scikit-learn digits, {len(seeds)} paired seed{'s' * (len(seeds) != 1)}{shown_seeds}",
+        f"### CamDrop on scikit-learn digits, {seeds_shown(settings)}",
         "",
         f"{settings['train_size']} training digits (stratified), {settings['test_count']} test digits, upsampled "
         f"8x8 -> {settings['size']}x{settings['size']}; {settings['epochs']} epochs, no augmentation; regulariser on "
@@ -424,30 +417,15 @@ def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Seq
         "logistic regression on the pixels (fitted to the training digits) finds the most evidence for the true "
         "class. Dropped = share of the map's elements dropped at the final rate by the trained model (as trained "
         "under the ramp in brackets); saturated = share of samples whose CamDrop seed rate hit 1.",
-        "",
-        "| configuration | dropped % (training) | saturated | clean acc | Δ clean (p) | random patch acc | "
-        "Δ random (p) | discriminative patch acc | Δ discr. (p) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, entry in summary.items():
-        share = f"{100 * entry['dropped_full']['mean']:.2f} ({100 * entry['dropped_train']['mean']:.2f})"
-        sat = "—" if entry["saturated_full"] is None else f"{100 * entry['saturated_full']['mean']:.0f}%"
-        cells = [f"{_pct(entry[k])} | {_diff(entry.get(f'{k}_vs_none'))}" for k in OCCLUSIONS]
-        lines.append(f"| {entry['label']} | {share} | {sat} | " + " | ".join(cells) + " |")
-    if pairs:
-        lines += ["", "| paired contrast A − B | Δ clean (p) | Δ random patch (p) | Δ discriminative patch (p) |",
-                  "| --- | --- | --- | --- |"]
-        for pair in pairs:
-            lines.append(f"| {summary[pair['a']]['short']} − {summary[pair['b']]['short']} | "
-                         + " | ".join(_diff(pair[k]) for k in OCCLUSIONS) + " |")
+    lines += result_tables(summary, pairs, OCCLUSION_LABELS)
     lines += primary_lines(summary, primary, OCCLUSION_LABELS)
     lines += [
         "",
-        f"{n_tests} paired tests in these tables: at p < 0.05 about {0.05 * n_tests:.1f} would come out "
-        "\"significant\" by chance alone if nothing differed.",
+        tests_line(summary, pairs),
         "",
         "The logistic regression that picks the discriminative patch (context, not a compared model): "
-        + ", ".join(f"{OCCLUSION_LABELS[k]} {_pct(linear[k])}%" for k in OCCLUSIONS) + ". The blanked patch held "
+        + ", ".join(f"{OCCLUSION_LABELS[k]} {percent(linear[k])}%" for k in OCCLUSIONS) + ". The blanked patch held "
         f"ink (changed the digit) in {100 * changed['random']:.0f}% of the test digits for the random patch, "
         f"{100 * changed['discriminative']:.0f}% for the discriminative one.",
         "",
@@ -455,6 +433,39 @@ def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Seq
         "",
     ]
     return "\n".join(lines)
+
+
+def seeds_shown(settings: dict) -> str:
+    """'20 paired seeds', with '(seeds 5-24)' when they do not start at 0."""
+    seeds = settings["seeds"]
+    shown = "" if seeds == list(range(len(seeds))) else f" (seeds {seeds[0]}-{seeds[-1]})"
+    return f"{len(seeds)} paired seed{'s' * (len(seeds) != 1)}{shown}"
+
+
+def result_tables(summary: Dict[str, dict], pairs: Sequence[dict], labels: Dict[str, str]) -> List[str]:
+    """The configurations' table (share dropped, accuracies, differences to none) and the paired
+    contrasts' table; ``labels`` names the occlusions ("random patch", "random segment")."""
+    acc = [f"{labels[k]} acc" for k in OCCLUSIONS]
+    lines = ["", f"| configuration | dropped % (training) | saturated | {acc[0]} | Δ clean (p) | {acc[1]} | "
+             f"Δ random (p) | {acc[2]} | Δ discr. (p) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, entry in summary.items():
+        share = f"{100 * entry['dropped_full']['mean']:.2f} ({100 * entry['dropped_train']['mean']:.2f})"
+        sat = "—" if entry["saturated_full"] is None else f"{100 * entry['saturated_full']['mean']:.0f}%"
+        cells = [f"{percent(entry[k])} | {_diff(entry.get(f'{k}_vs_none'))}" for k in OCCLUSIONS]
+        lines.append(f"| {entry['label']} | {share} | {sat} | " + " | ".join(cells) + " |")
+    if pairs:
+        lines += ["", "| paired contrast A − B | " + " | ".join(f"Δ {labels[k]} (p)" for k in OCCLUSIONS) + " |",
+                  "| --- | --- | --- | --- |"]
+        for pair in pairs:
+            lines.append(f"| {summary[pair['a']]['short']} − {summary[pair['b']]['short']} | "
+                         + " | ".join(_diff(pair[k]) for k in OCCLUSIONS) + " |")
+    return lines
+
+
+def tests_line(summary: Dict[str, dict], pairs: Sequence[dict]) -> str:
+    n = sum(1 for e in summary.values() for k in OCCLUSIONS if f"{k}_vs_none" in e) + len(pairs) * len(OCCLUSIONS)
+    return (f"{n} paired tests in these tables: at p < 0.05 about {0.05 * n:.1f} would come out \"significant\" by "
+            "chance alone if nothing differed.")
 
 
 def primary_lines(summary: Dict[str, dict], primary: Sequence[dict], labels: Dict[str, str]) -> List[str]:
@@ -539,7 +550,8 @@ def common_arguments(parser: argparse.ArgumentParser, task: Task, default_out: P
     parser.add_argument("--seeds", type=int, default=5, help="how many paired seeds (first-seed .. first-seed + N - 1)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first seed (a confirmatory run takes fresh ones)")
     parser.add_argument("--primary", nargs="+", default=[], metavar="A:B",
-                        help="declared primary contrasts on the discriminative patch, e.g. camdrop:none (Holm-adjusted)")
+                        help="declared primary contrasts on the discriminative occlusion (patch, segment), e.g. "
+                             "camdrop:none (Holm-adjusted)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)

@@ -563,7 +563,7 @@ def _verdict(diff: Optional[dict], level: float = 0.05) -> str:
     return "better" if diff["mean"] > 0 else "worse"
 
 
-def _pct(stat: dict) -> str:
+def percent(stat: dict) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['sd']:.1f}"
 
 
@@ -600,8 +600,8 @@ def _table(summary: Dict[str, dict], pairs: Sequence[dict]) -> List[str]:
     for name, entry in summary.items():
         dropped = f"{100 * entry['dropped_full']['mean']:.2f} ({100 * entry['dropped_train']['mean']:.2f})"
         saturated = f"{100 * entry['saturated_full']['mean']:.0f}%" if name not in ("none", "dropblock") else "—"
-        lines.append(f"| {entry['label']} | {dropped} | {saturated} | {_pct(entry['plain'])} | "
-                     f"{_diff(entry.get('plain_vs_none'))} | {_pct(entry['occluded'])} | "
+        lines.append(f"| {entry['label']} | {dropped} | {saturated} | {percent(entry['plain'])} | "
+                     f"{_diff(entry.get('plain_vs_none'))} | {percent(entry['occluded'])} | "
                      f"{_diff(entry.get('occluded_vs_none'))} | {_verdict(entry.get('occluded_vs_none'))} |")
     if pairs:
         lines += ["", "| paired contrast A − B | Δ plain (p) | Δ occluded (p) | occluded: A is |",
@@ -624,8 +624,8 @@ def _table(summary: Dict[str, dict], pairs: Sequence[dict]) -> List[str]:
                   "label (eval) |", "| --- | --- | --- | --- | --- |"]
         for name, entry in readback:
             r = entry["readback"]
-            lines.append(f"| {entry['label']} | {_pct(r['eval_acc'])} | {_pct(r['true_guided_acc'])} | "
-                         f"{_pct(r['wrong_guided_acc'])} | {_pct(r['follows_wrong'])} "
+            lines.append(f"| {entry['label']} | {percent(r['eval_acc'])} | {percent(r['true_guided_acc'])} | "
+                         f"{percent(r['wrong_guided_acc'])} | {percent(r['follows_wrong'])} "
                          f"({100 * r['eval_follows_wrong']['mean']:.1f}) |")
     return lines
 

@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import camdrop_kernels as ck  # noqa: E402
 import digits  # noqa: E402  (the shared training, statistics and report)
-from digits import OCCLUSIONS, Config, Split, Task, _diff, _pct  # noqa: E402
-from evidence import mean_sd  # noqa: E402
+from digits import OCCLUSIONS, Config, Split, Task  # noqa: E402
+from evidence import mean_sd, percent  # noqa: E402
 from regularizers import DropBlock1d  # noqa: E402
 
 DEFAULT_OUT = digits.ROOT / "runs" / "mnist1d"
@@ -169,46 +169,27 @@ def inputs(x: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
 # -- report ------------------------------------------------------------------------------------------
 def markdown(summary: Dict[str, dict], settings: dict, runtime: dict, pairs: Sequence[dict],
              per_seed: List[dict], primary: Sequence[dict]) -> str:
-    seeds = settings["seeds"]
-    shown_seeds = "" if seeds == list(range(len(seeds))) else f" (seeds {seeds[0]}-{seeds[-1]})"
-    n_tests = sum(1 for e in summary.values() for k in OCCLUSIONS if f"{k}_vs_none" in e) + len(pairs) * len(OCCLUSIONS)
-    segment = settings["segment"]
     lines = [
-        f"### CamDrop1d on MNIST-1D, {len(seeds)} paired seed{'s' * (len(seeds) != 1)}{shown_seeds}",
+        f"### CamDrop1d on MNIST-1D, {digits.seeds_shown(settings)}",
         "",
         f"{settings['train_size']} training signals (stratified, of MNIST-1D's 4000), {settings['test_count']} test "
         f"signals of 40 samples; {settings['epochs']} epochs, no augmentation; regulariser on the (64, 20) map, "
         f"block {settings['block_size']}, final rate {settings['drop_prob']} reached by a linear ramp. Accuracy in "
         "%, mean ± sd over seeds; Δ = paired difference to \"none\" in points, two-sided paired t-test. Occluded: "
-        f"a segment of {segment} samples set to 0, at a random place or where a logistic regression on the samples "
-        "(fitted to the training signals) finds the most evidence for the true class. Dropped = share of the "
-        "map's elements dropped at the final rate by the trained model (as trained under the ramp in brackets); "
-        "saturated = share of samples whose CamDrop seed rate hit 1.",
-        "",
-        "| configuration | dropped % (training) | saturated | clean acc | Δ clean (p) | random segment acc | "
-        "Δ random (p) | discriminative segment acc | Δ discr. (p) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"a segment of {settings['segment']} samples set to 0, at a random place or where a logistic regression on "
+        "the samples (fitted to the training signals) finds the most evidence for the true class. Dropped = share "
+        "of the map's elements dropped at the final rate by the trained model (as trained under the ramp in "
+        "brackets); saturated = share of samples whose CamDrop seed rate hit 1.",
     ]
-    for name, entry in summary.items():
-        share = f"{100 * entry['dropped_full']['mean']:.2f} ({100 * entry['dropped_train']['mean']:.2f})"
-        sat = "—" if entry["saturated_full"] is None else f"{100 * entry['saturated_full']['mean']:.0f}%"
-        cells = [f"{_pct(entry[k])} | {_diff(entry.get(f'{k}_vs_none'))}" for k in OCCLUSIONS]
-        lines.append(f"| {entry['label']} | {share} | {sat} | " + " | ".join(cells) + " |")
-    if pairs:
-        lines += ["", "| paired contrast A − B | Δ clean (p) | Δ random segment (p) | Δ discriminative segment (p) |",
-                  "| --- | --- | --- | --- |"]
-        for pair in pairs:
-            lines.append(f"| {summary[pair['a']]['short']} − {summary[pair['b']]['short']} | "
-                         + " | ".join(_diff(pair[k]) for k in OCCLUSIONS) + " |")
+    lines += digits.result_tables(summary, pairs, LABELS)
     lines += digits.primary_lines(summary, primary, LABELS)
     linear = {k: dict(zip(("mean", "sd"), mean_sd([s["linear"][k] for s in per_seed]))) for k in OCCLUSIONS}
     lines += [
         "",
-        f"{n_tests} paired tests in these tables: at p < 0.05 about {0.05 * n_tests:.1f} would come out "
-        "\"significant\" by chance alone if nothing differed.",
+        digits.tests_line(summary, pairs),
         "",
         "The logistic regression that picks the discriminative segment (context, not a compared model): "
-        + ", ".join(f"{LABELS[k]} {_pct(linear[k])}%" for k in OCCLUSIONS) + ".",
+        + ", ".join(f"{LABELS[k]} {percent(linear[k])}%" for k in OCCLUSIONS) + ".",
         "",
         digits.runtime_line(settings, runtime),
         "",

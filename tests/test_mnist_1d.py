@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 if os.environ.get("CI") != "true":  # (in CI the dev extra installs both: a missing one fails, not skips)
     pytest.importorskip("mnist1d")  # generates the data (no download)
