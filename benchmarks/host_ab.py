@@ -1,7 +1,7 @@
 """Host/CPU figures for one tree (PYTHONPATH picks it): paired ratios in interleaved rounds, 1 thread.
 Prints JSON: tiny call / F.dropout, bound layer per-layer host cost / nn.Dropout's (net of identity
 layers), forward at (16,256,28,28) / x*s, the share dropped."""
-import json, sys, time, statistics
+import json, time, statistics
 import torch, torch.nn.functional as F
 torch.set_num_threads(1)
 import camdrop_kernels as ck

@@ -6,7 +6,6 @@ Used by the suite's terminal summary, and standalone on pytest-benchmark's JSON:
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
 
 PEERS = ("F.dropout", "timm.drop_block_2d[coupled]", "timm.drop_block_2d[per channel]", "torchvision.drop_block2d",
@@ -30,7 +29,7 @@ def _median(row) -> float:
 
 def render(rows, device: str = "") -> list:
     """Lines of the summary: one table per group, then memory, then the headline ratios."""
-    lines = [f"", f"=== camdrop_kernels benchmark summary ({device}) ==="]
+    lines = ["", f"=== camdrop_kernels benchmark summary ({device}) ==="]
     groups = defaultdict(dict)
     for r in rows:
         groups[r["group"]][r["extra_info"].get("contender", r["name"])] = r

@@ -1,6 +1,6 @@
 """Paired forward ratios at the ResNet shape (16, 256, 28, 28), block 7: camdrop in both gamma modes
 against x * s, 80 interleaved rounds at 1 and 2 threads, for the tree PYTHONPATH picks (RESULTS.md)."""
-import json, sys, time, statistics, torch
+import json, time, statistics, torch
 import camdrop_kernels as ck
 g = torch.Generator().manual_seed(0)
 x = torch.randn(16, 256, 28, 28, generator=g); cam = torch.randn(16, 28, 28, generator=g); a = torch.randn(16, 256, generator=g)

@@ -16,7 +16,7 @@ import camdrop_kernels as ck
 import functools
 
 from cases import TINY, main_cases, nd_cases
-from conftest import DEVICE, SMOKE, make_inputs, saved_bytes, timed
+from conftest import DEVICE, make_inputs, saved_bytes, timed
 from contenders import block_size_for, contenders, dropped_share
 
 

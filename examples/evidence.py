@@ -250,7 +250,7 @@ class TokenDropBlock(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return tokens
-        (n, length, c), (h, w) = tokens.shape, self.grid
+        (n, _, c), (h, w) = tokens.shape, self.grid
         x = tokens[:, self.prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
         y = self.dropblock(x).permute(0, 2, 3, 1).reshape(n, h * w, c)
         return torch.cat([tokens[:, :self.prefix], y], 1) if self.prefix else y

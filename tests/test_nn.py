@@ -9,7 +9,6 @@ import torch
 import camdrop_kernels as ck
 from camdrop_kernels.nn import CamDropNd
 
-from conftest import DEVICE
 
 
 class Net(torch.nn.Module):

@@ -3,7 +3,6 @@ soft targets, ModelEmaV3, bf16 autocast, channels_last, 2-step accumulation, gra
 torch.compile), torchvision's reference train.py (v2 MixUp/CutMix, its EMA) and the README's Lightning
 module under a real ``L.Trainer``; then the forwards that run outside a user's ``targets`` block (SAM, functional_call,
 torch.func, FX, torch.export, swa_utils.update_bn, create_feature_extractor)."""
-import contextlib
 import functools
 import importlib
 import json

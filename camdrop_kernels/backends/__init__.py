@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional
 
 from .. import cpp
 from . import native, plain, triton

@@ -70,7 +70,7 @@ def _build_state(x, cam, alpha, seed, drop_prob, opts: Options, out) -> None:
     """Steps 1-7 into ``out`` = (slots, bits, scale, dropped, rate)."""
     N, C = x.shape[0], x.shape[1]
     geo = opts.geometry(C, x.shape[2:])
-    P, (D, H, W) = geo.P, geo.dims
+    P, (_, H, W) = geo.P, geo.dims
     device = x.device
     slots_out, bits_out, scale_out, dropped_out, rate_out = out
     n_chan = geo.top_channels

@@ -6,7 +6,7 @@ import json, math, os, sys, importlib
 os.environ["TRITON_ALWAYS_COMPILE"] = "1"
 import torch, triton
 from camdrop_kernels.triton_backend import report as R, compile_check as cc
-from camdrop_kernels.triton_backend.sass import Sass, source_regions, function_lines
+from camdrop_kernels.triton_backend.sass import Sass, source_regions
 sk = importlib.import_module("camdrop_kernels.triton_backend.state_kernel")
 loops, cold = source_regions(sk.__file__)
 out = []
