@@ -158,6 +158,55 @@ def test_compile_fullgraph_forward_backward_cuda():
     torch.testing.assert_close(gw, conv.weight.grad)
 
 
+class _Net(torch.nn.Module):
+    """conv -> CamDrop -> ReLU -> global pooling -> linear (the layer bound to it, or self-guided)."""
+
+    def __init__(self, guidance):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.fc = torch.nn.Linear(32, 10)
+        self.drop = ck.CamDrop2d(0.0, 3, guidance=guidance, classifier=None if guidance == "self" else self.fc)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.drop(self.conv(x))).mean((2, 3)))
+
+
+def _step_all(compiled, model, guidance, steps=5):
+    """A rate schedule; returns the share the layer dropped at each step."""
+    labels = torch.randint(0, 10, (8,), device="cuda")
+    shares = []
+    for step in range(steps):
+        ck.set_drop_prob(model, 0.1 + 0.05 * step)
+        x = torch.randn(8, 3, 16, 16, device="cuda")
+        if guidance == "classifier":
+            with ck.targets(model, labels):
+                out = compiled(x)
+        else:
+            out = compiled(x)
+        out.sum().backward()
+        shares.append(float(model.drop.last_dropped_fraction))  # (read before the next replay)
+    return shares
+
+
+def test_reduce_overhead_self_guided_and_bound_models_compile_once_and_drop():
+    """torch.compile(mode="reduce-overhead") (CUDA graphs) of a model without a targets block
+    (self guidance: its statistics are the graph's outputs, valid until the next replay) and of a
+    classifier-bound one inside targets blocks (written in place into the block's tensors): one
+    graph each over a rate schedule, and every step drops."""
+    from torch._dynamo.utils import counters
+
+    for guidance in ("self", "classifier"):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = _Net(guidance).cuda().train()
+        compiled = torch.compile(model, mode="reduce-overhead")
+        shares = _step_all(compiled, model, guidance)
+        assert all(share > 0 for share in shares), (guidance, shares)
+        assert counters["stats"]["unique_graphs"] == 1, (guidance, dict(counters["stats"]))
+    torch._dynamo.reset()
+
+
 def test_bf16_under_autocast():
     x, cam, alpha = (t.cuda() for t in inputs((8, 64, 28, 28), torch.float32))
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).cuda()
