@@ -20,6 +20,7 @@ import re
 import warnings
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
 from . import placement, structure, validation
@@ -396,15 +397,29 @@ def convert(
                 "classifier-guided model with camdrop_kernels.label_readback(model, images, labels)",
                 UserWarning, stacklevel=2)
     dense = structure.dense_predictor(model_)
-    if dense is not None and classifier is None:
-        # A segmentation head's classifier is a 1x1 conv predicting each pixel, and its targets are
-        # masks: no image-level label exists to guide by. Its default is self guidance, as for ViTs.
-        if options.get("guidance", "self") == "classifier":
+    if dense is not None:
+        # A segmentation head's classifier is a 1x1 conv predicting each pixel (a detector's, each box),
+        # and the targets are masks (boxes): no image-level label exists to guide by. The default is
+        # self guidance, as for ViTs; a classifier is only taken when named, and not a per-pixel conv.
+        if classifier is None and "guidance" not in options:
+            options = dict(options, guidance="self")
+        elif classifier is None and options["guidance"] == "classifier":
             raise ValueError(
-                f"{dense} predicts per pixel: CamDrop's classifier guidance follows one class label per image "
-                "(the head's weights for it), which segmentation training does not have. Use guidance='self' "
-                "(convert's default for segmentation models), or pass classifier= an image-level linear head")
-        options = dict(options, guidance="self")
+                f"{dense} predicts per pixel or per box: CamDrop's classifier guidance follows one class label "
+                "per image (the head's weights for it), which its training does not have. Use guidance='self' "
+                "(convert's default for these models), or add an image-level linear head and pass it as "
+                "classifier=")
+        named = classifier
+        if isinstance(classifier, str):
+            try:
+                named = model_.get_submodule(classifier)
+            except AttributeError:
+                named = None  # (a name that is no submodule is refused below, with the names)
+        weight = getattr(named, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() > 2:
+            raise ValueError(
+                f"{dense}: the classifier {classifier if isinstance(classifier, str) else type(named).__name__} "
+                "is a conv that predicts per pixel, not an image-level head; use guidance='self'")
     self_guided = options.get("guidance", "classifier") == "self"
     if self_guided:
         if classifier is not None:

@@ -42,10 +42,11 @@ class Scope:
     """One ``targets`` block (or one ``set_targets`` call): the batch's targets, the thread that
     handed them, and the channel importances its layers share within one forward of the model."""
 
-    __slots__ = ("targets", "thread", "memo", "seen", "ref", "__weakref__")
+    __slots__ = ("targets", "thread", "memo", "seen", "ref", "sized", "__weakref__")
 
     def __init__(self, targets: Optional[Tensor]) -> None:
         self.targets = targets
+        self.sized = False  # its layers' statistics were sized for its batch (a targets block's are)
         self.thread = threading.get_ident()
         self.memo: dict = {}
         self.seen: set = set()
@@ -137,8 +138,9 @@ class Guide:
     def leave(self, previous: Optional[Scope]) -> None:
         self.scope = previous
         # Sized statistics serve the forwards of a targets block; after it, compiled forwards assign
-        # them again, so a model compiled for steps outside any block keeps one graph for those.
-        self.presized = previous is not None and previous.targets is not None
+        # them again (unless an enclosing block sized them), so a model compiled for steps outside
+        # any block keeps one graph for those.
+        self.presized = previous is not None and previous.sized
 
     def set_targets(self, targets: Optional[Tensor]) -> None:
         """Targets for the forwards that follow, outside any block (None clears them)."""
@@ -277,8 +279,8 @@ class Guide:
         differently, i.e. recompile the whole model at its second step."""
         if compiling and not self.presized:
             self.last_dropped, self.last_rate = dropped, rate
-            # (new tensors: a later eager forward must not take one whose id reuses the memory of its
-            # own last statistics for "nothing changed since" and skip refilling the count buffer)
+            # (new tensors, here and below: a later eager forward must not take one whose id reuses the
+            # memory of its own last statistics for "nothing changed since" and skip refilling the count)
             self.eager_mark = None
             return
         last_dropped, last_rate = self.last_dropped, self.last_rate
@@ -290,6 +292,8 @@ class Guide:
             last_rate.copy_(rate)
         else:
             self.last_dropped, self.last_rate = dropped, rate
+            if compiling:
+                self.eager_mark = None
         if not compiling:
             self.runs += 1
 
@@ -314,7 +318,8 @@ class Guide:
     def __getstate__(self):
         # Copies and pickles never carry a batch's labels.
         state = self.__dict__.copy()
-        state.update(scope=None, history=collections.OrderedDict(), recent=collections.deque(maxlen=RECENT))
+        state.update(scope=None, history=collections.OrderedDict(), recent=collections.deque(maxlen=RECENT),
+                     presized=False)
         return state
 
 

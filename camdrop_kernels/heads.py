@@ -68,7 +68,7 @@ def find_classifier(model: nn.Module) -> nn.Module:
         return linear
     linear = head if isinstance(head, nn.Linear) else (_last_linear(head) or _last_pointwise_conv(head))
     if linear is None:
-        raise ValueError(f"the model's classifier ({name}{where_from}) is a {type(head).__name__}, not an nn.Linear "
+        raise ValueError(f"the model's classifier ({name}{where_from}) is {type(head).__name__}, not an nn.Linear "
                          "(was the model created with num_classes=0?): pass classifier= the final linear layer"
                          + SELF_ADVICE)
     return linear

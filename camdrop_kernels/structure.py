@@ -158,20 +158,26 @@ _TORCHVISION_TRUNKS = {("torchvision.models.googlenet", "GoogLeNet"): "children"
                        ("torchvision.models.inception", "Inception3"): "children",
                        ("torchvision.models.shufflenetv2", "ShuffleNetV2"): "children",
                        ("torchvision.models.mnasnet", "MNASNet"): "layers",
-                       # LR-ASPP: a MobileNetV3's features as its backbone (IntermediateLayerGetter)
-                       ("torchvision.models.segmentation.lraspp", "LRASPP"): "backbone"}
+                       # segmentation models: a MobileNetV3's features as their backbone (an
+                       # IntermediateLayerGetter; ResNet backbones are found by their layer1..layer4)
+                       ("torchvision.models.segmentation.lraspp", "LRASPP"): "backbone",
+                       ("torchvision.models.segmentation._utils", "_SimpleSegmentationModel"): "backbone"}
 
 
-_TORCHVISION_DENSE = (("torchvision.models.segmentation._utils", "_SimpleSegmentationModel"),  # FCN, DeepLabV3
-                      ("torchvision.models.segmentation.lraspp", "LRASPP"))
+_TORCHVISION_DENSE = {("torchvision.models.segmentation._utils", "_SimpleSegmentationModel"): "segmentation",
+                      ("torchvision.models.segmentation.lraspp", "LRASPP"): "segmentation",  # (FCN, DeepLabV3 above)
+                      ("torchvision.models.detection.generalized_rcnn", "GeneralizedRCNN"): "detection",
+                      ("torchvision.models.detection.retinanet", "RetinaNet"): "detection",
+                      ("torchvision.models.detection.fcos", "FCOS"): "detection",
+                      ("torchvision.models.detection.ssd", "SSD"): "detection"}
 
 
 def dense_predictor(model: nn.Module) -> Optional[str]:
-    """The kind of model when its head predicts per pixel (torchvision's segmentation models), so
-    that no image-level label can guide it; None otherwise."""
-    for module, name in _TORCHVISION_DENSE:
+    """The kind of model when its heads predict per pixel or per box (torchvision's segmentation and
+    detection models), so that no image-level label can guide it; None otherwise."""
+    for (module, name), kind in _TORCHVISION_DENSE.items():
         if isinstance(model, getattr(sys.modules.get(module), name, ())):  # (subclasses too)
-            return f"{type(model).__name__} (a segmentation model)"
+            return f"{type(model).__name__} (a {kind} model)"
     return None
 
 

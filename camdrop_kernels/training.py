@@ -32,7 +32,9 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     """Hand the batch's targets to every CamDrop layer of ``model`` for the forward passes inside.
 
     ``targets`` are class indices (N,) of any integer dtype, or soft targets (N, K)
-    (mixup/cutmix); for a single-logit head, labels or probabilities (N,) in [0, 1]. They are
+    (mixup/cutmix); for a single-logit head, labels or probabilities (N,) in [0, 1]; a model whose
+    layers are all self-guided reads none and takes any (N, ...) tensor (segmentation masks: the
+    block then only sizes the statistics, which compiled checkpointed forwards need). They are
     checked against each bound classifier here, once. Layers that ``convert`` placed are checked
     to still be in place (module-swapping utilities such as ``SyncBatchNorm.convert_sync_batchnorm``
     replace the modules they were hooked on: they are re-attached), and follow the model's current
@@ -64,9 +66,13 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a tensor: class indices (N,) or soft targets (N, K); got "
                         f"{type(targets).__name__}")
-    if targets.dim() not in (1, 2):
-        dense = (" Per-pixel targets (segmentation masks) cannot guide it: convert the model with guidance='self' "
-                 "(the map's own channel means), which needs no labels" if targets.dim() >= 3 else "")
+    guided = any(layer.guide.mode == "classifier" for layer in layers)
+    if not guided and targets.dim() >= 1:
+        pass  # (self guidance reads no labels: the block only sizes the statistics for the batch, N)
+    elif targets.dim() not in (1, 2):
+        dense = (" Per-pixel targets (segmentation masks) cannot guide the classifier-bound layers: convert the "
+                 "model with guidance='self' (the map's own channel means), which needs no labels"
+                 if targets.dim() >= 3 else "")
         raise ValueError(f"targets must be class indices (N,) or soft targets (N, K); got shape "
                          f"{tuple(targets.shape)}.{dense}")
     checked = set()
@@ -85,6 +91,7 @@ def targets(model: nn.Module, targets: torch.Tensor) -> Iterator[nn.Module]:
     # dynamo may still specialise it), instead of failing on "specialised to a constant".
     torch._dynamo.maybe_mark_dynamic(targets, 0)
     scope = Scope(targets)
+    scope.sized = True  # (below: every layer's statistics are sized for this batch)
     saved = []
     try:
         for layer in layers:

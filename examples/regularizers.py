@@ -110,7 +110,7 @@ class DropBlock1d(nn.Module):
         return x * keep * (keep.numel() / (1e-6 + kept)).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}, block_size={self.block_size}"
+        return f"drop_prob={self.drop_prob}, block_size={self.block_size}, drop_prob_scale={self.drop_prob_scale}"
 
 
 def regularizer_layers(model: nn.Module) -> List[nn.Module]:

@@ -286,7 +286,7 @@ def test_errors_say_what_to_pass():
         ck.convert(NoStages(), 0.1, where="nope*")
     with pytest.raises(ValueError, match="cannot find the classifier .* pass classifier=.*guidance='self'"):
         ck.convert(nn.Sequential(nn.Conv2d(3, 4, 3)), 0.1, where="0")
-    with pytest.raises(ValueError, match=r"ResNet\.get_classifier\(\)\) is a Identity.*num_classes=0.*pass classifier=.*"
+    with pytest.raises(ValueError, match=r"ResNet\.get_classifier\(\)\) is Identity.*num_classes=0.*pass classifier=.*"
                                          r"guidance='self'"):
         ck.convert(timm.create_model("resnet18", num_classes=0), 0.1)
     with pytest.raises(ValueError, match="cannot tell the rank .* pass rank="):

@@ -311,12 +311,18 @@ def test_messages_name_the_argument():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         with ck.targets("m", torch.tensor([1])):
             pass
-    # A segmentation model's masks are not image labels: the message says what guides it instead.
-    model = ck.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                                           torch.nn.Conv2d(8, 5, 1)), where=["1"], guidance="self")
+    # Masks are not image labels: a classifier-bound model says what guides it instead; a self-guided
+    # one reads no labels and takes them (the block only sizes its statistics).
+    def small(**kw):
+        return ck.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)),
+                          where=["1"], **kw)
+    masks = torch.zeros(2, 6, 6, dtype=torch.long)
     with pytest.raises(ValueError, match=r"got shape \(2, 6, 6\)\. Per-pixel targets .* guidance='self'"):
-        with ck.targets(model, torch.zeros(2, 6, 6, dtype=torch.long)):
+        with ck.targets(small(), masks):
             pass
+    with ck.targets(small(guidance="self"), masks):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------

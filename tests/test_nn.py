@@ -312,6 +312,10 @@ def test_a_map_too_small_for_the_block_warns_once_per_size():
                                          r"pixel is eligible") as caught:
         layer(torch.randn(2, 8, 6, 6))
     assert [w.filename for w in caught] == [__file__]  # (the caller's line, not torch's module machinery)
+    model = torch.nn.Sequential(torch.nn.Identity(), ck.CamDrop2d(0.3, 5, guidance="self")).train()
+    with pytest.warns(UserWarning, match="on a 6x6 map") as caught:
+        model(torch.randn(2, 8, 6, 6))  # (the line that called the model, not the container's forward)
+    assert [w.filename for w in caught] == [__file__]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(torch.randn(2, 8, 6, 6))  # once per size

@@ -1,6 +1,8 @@
 """Guidance without labels (issue 24 item 2, SPEC.md v2.1): ``guidance="self"`` takes each sample's
 channel-mean map as the CAM and its channel means as alpha; no classifier, no targets block. On
 layers of every rank, in ``convert``, on timm ``features_only`` models and torchvision's FPN backbone."""
+import contextlib
+
 import pytest
 import torch
 import torch._dynamo.testing
@@ -104,6 +106,18 @@ def test_segmentation_models_default_to_self_guidance():
     layers = ck.camdrop_layers(lraspp)
     assert len(layers) == 12 and all(layer.guidance == "self" for layer in layers)
     assert all(float(layer.last_dropped.sum()) > 0 for layer in layers)  # (8x8 and 16x16 maps: every one drops)
+    mobile = ck.convert(torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3, aux_loss=False), drop_prob=0.5).train()
+    mobile(torch.randn(2, 3, 128, 128))["out"].sum().backward()  # (stages from its MobileNetV3 backbone)
+    assert len(ck.camdrop_layers(mobile)) == 12 and sum(float(l.last_dropped.sum()) for l in ck.camdrop_layers(mobile))
+    detector = ck.convert(torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                               num_classes=3))
+    assert len(ck.camdrop_layers(detector)) == 9  # (a detector too: self guidance, in its backbone's body)
+    assert all(layer.guidance == "self" for layer in ck.camdrop_layers(detector))
+    with pytest.raises(ValueError, match="guidance must be one of"):
+        ck.convert(torchvision.models.segmentation.fcn_resnet50(**kw), guidance="Self")  # (not taken for 'self')
+    with pytest.raises(ValueError, match=r"classifier\.4 is a conv that predicts per pixel"):
+        ck.convert(torchvision.models.segmentation.fcn_resnet50(**kw), classifier="classifier.4")
     seg = torchvision.models.segmentation.fcn_resnet50(**kw)
     seg.image_head = torch.nn.Linear(2048, 3)  # (an image-level head the user trains beside it)
     ck.convert(seg, classifier="image_head")
@@ -160,12 +174,15 @@ def test_eager_forwards_after_compiled_ones_report_their_own_share():
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     big, small = torch.randn(4, 16, 12, 12), torch.randn(2, 16, 12, 12)
     for trial in range(200):
-        layer(big)
-        for _ in range(1 + trial % 4):
-            compiled(small)
-        assert float(layer.last_dropped_fraction) == pytest.approx(float(layer.last_dropped.sum()) / small.numel())
-        layer(big)
-        assert float(layer.last_dropped_fraction) == pytest.approx(float(layer.last_dropped.sum()) / big.numel())
+        # (every other trial inside a targets block for another batch size: statistics sized, then
+        # assigned anyway because the shapes differ)
+        with ck.targets(layer, torch.zeros(3, dtype=torch.long)) if trial % 2 else contextlib.nullcontext():
+            layer(big)
+            for _ in range(1 + trial % 4):
+                compiled(small)
+            assert float(layer.last_dropped_fraction) == pytest.approx(float(layer.last_dropped.sum()) / small.numel())
+            layer(big)
+            assert float(layer.last_dropped_fraction) == pytest.approx(float(layer.last_dropped.sum()) / big.numel())
     torch._dynamo.reset()
 
 
@@ -188,4 +205,11 @@ def test_steps_in_and_out_of_targets_blocks_keep_two_graphs():
             compiled(x).sum().backward()
         frames.append(counter.frame_count)
     assert frames[-1] == frames[1] <= 2, frames  # (no new graph after the first of each kind)
+    # Sized statistics last for the block that sized them, also inside a set_targets scope.
+    layer = model[1]
+    layer.set_targets(torch.zeros(4, dtype=torch.long))
+    with ck.targets(model, torch.zeros(4, dtype=torch.long)):
+        assert layer.guide.presized
+    assert not layer.guide.presized
+    layer.set_targets(None)
     torch._dynamo.reset()
