@@ -16,6 +16,7 @@ EfficientNet stage's MBConvs), found as described in :func:`conversion_places`.
 """
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -351,6 +352,35 @@ def _hook_target(module: nn.Module, name: str) -> Tuple[nn.Module, str]:
     return module, name
 
 
+def _side_inputs(module: nn.Module) -> List[str]:
+    """The parameters ``module.forward`` requires beside its input: PVT v2's and Twins' blocks take
+    the grid's size, as their output is tokens (N, L, C), not a map (optional ones, a ResNet
+    block's ``shortcut=None``, do not count)."""
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):  # (a builtin or C++ forward: nothing to read)
+        return []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p.name for p in parameters if p.kind in positional and p.default is inspect.Parameter.empty]
+    return required[1:]
+
+
+def _refuse_token_blocks(model: nn.Module, found: List[Tuple[str, nn.Module, List[str]]]) -> None:
+    """Places after blocks that take their grid as an argument fail at the first forward (tokens,
+    not a map): refuse them here, suggesting the stages that hold them (their outputs are maps)."""
+    if not found:
+        return
+    stages = [name for level in (structure.levels(model) or []) for name in level]
+    holders = sorted({s for name, _, _ in found for s in stages if name.startswith(s + ".")})
+    name, module, side = found[0]
+    hint = (f"name the stages that hold them instead (where={holders!r}: a stage that ends with a map)" if holders
+            else "name modules whose outputs are feature maps")
+    raise ValueError(
+        f"convert would drop after {len(found)} module{'s' * (len(found) != 1)} that take {', '.join(side)} beside "
+        f"their input ({name!r}, a {type(module).__name__}, and others): transformer blocks whose outputs are "
+        f"tokens (N, L, C), not feature maps, so CamDrop cannot run there; pass where= and {hint}")
+
+
 def convert(
     model: nn.Module,
     drop_prob: float = 0.1,
@@ -449,6 +479,7 @@ def convert(
     dropblocks = structure.dropblock_types()
     plans = []  # everything is checked before the model changes
     taken = {}  # the module each place drops after -> the place's name (two places must not share one)
+    token_blocks: List[Tuple[str, nn.Module, List[str]]] = []  # places after blocks that output tokens
     for place in places:
         module = model_.get_submodule(place.name)
         scale = 4.0 ** -place.stage if stage_scaling and place.stage is not None else 1.0
@@ -466,6 +497,9 @@ def convert(
             raise ValueError(f"places {taken[id(target)]!r} and {place.name!r} both drop the output of "
                              f"{target_name!r}: name it once")
         taken[id(target)] = place.name
+        side = _side_inputs(target) if place.tokens is None and not place.nhwc else []
+        if side:
+            token_blocks.append((target_name, target, side))
         layer = _LAYERS[place.rank](drop_prob * scale, size, drop_prob_scale=scale, **options)
         if not self_guided:
             layer.guide.bind(classifier, path=classifier_path, layout=layout, norm=norm)
@@ -474,6 +508,7 @@ def convert(
         elif place.nhwc:
             layer = GridMap(layer)
         plans.append((place, module, layer))
+    _refuse_token_blocks(model_, token_blocks)
     replaced = []  # DropBlock layers whose slots CamDrop takes
     for place, module, layer in plans:
         if place.replace:

@@ -14,6 +14,7 @@ channels) without an error; Swin and Sequencer were converted to nothing.
 Models that only need their structure are built on the meta device.
 """
 import copy
+import re
 import warnings
 
 import pytest
@@ -193,6 +194,22 @@ def test_a_layer_after_a_module_that_returns_no_map_names_the_place(block, got):
         with ck.targets(model, torch.tensor([0, 1])):
             model.train()(x)
     model.eval()(x)  # eval passes whatever the module returns
+
+
+@pytest.mark.parametrize("name,side,stages", [("pvt_v2_b0", "feat_size", "['stages.2', 'stages.3']"),
+                                               ("xcit_nano_12_p16_224", "H, W", None)])
+def test_blocks_that_take_their_grid_are_refused_at_convert(name, side, stages):
+    """PVT v2's and XCiT's blocks take the grid's size and return tokens: convert refuses them at
+    once (they failed at the first training forward), naming the stages to use where there are
+    some; PVT v2's stages end with maps and work as places."""
+    hint = re.escape(f"where={stages}") if stages else "name modules whose outputs are feature maps"
+    with pytest.raises(ValueError, match=rf"take {side} beside their input .* tokens \(N, L, C\).*{hint}"):
+        ck.convert(meta_timm(name), guidance="self")
+    if stages:
+        torch.manual_seed(0)
+        model = ck.convert(timm.create_model(name, num_classes=CLASSES), 0.5, where=eval(stages), guidance="self")
+        model.train()(torch.randn(4, 3, 128, 128)).sum().backward()  # (8x8 and 4x4 maps)
+        assert [float(layer.last_dropped.sum()) > 0 for layer in ck.camdrop_layers(model)] == [True, True]
 
 
 def test_pit_names_its_stage():
