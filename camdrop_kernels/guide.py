@@ -277,24 +277,21 @@ class Guide:
         Without a ``targets`` block (self guidance) they are assigned, without reading the old ones:
         reading them would make the first compiled step (none yet) and the next (some) trace
         differently, i.e. recompile the whole model at its second step."""
-        if compiling and not self.presized:
-            self.last_dropped, self.last_rate = dropped, rate
-            # (new tensors, here and below: a later eager forward must not take one whose id reuses the
-            # memory of its own last statistics for "nothing changed since" and skip refilling the count)
+        if compiling and self.presized:  # (the old ones are read only here: see above)
+            last_dropped, last_rate = self.last_dropped, self.last_rate
+            if (last_dropped is not None and last_rate is not None
+                    and last_dropped.shape == dropped.shape and last_dropped.dtype == dropped.dtype
+                    and last_dropped.device == dropped.device and last_rate.shape == rate.shape
+                    and last_rate.dtype == rate.dtype and last_rate.device == rate.device):
+                last_dropped.copy_(dropped)
+                last_rate.copy_(rate)
+                return
+        self.last_dropped, self.last_rate = dropped, rate
+        if compiling:
+            # New tensors: a later eager forward must not take one whose id reuses the memory of its own
+            # last statistics for "nothing changed since" and skip refilling the count.
             self.eager_mark = None
-            return
-        last_dropped, last_rate = self.last_dropped, self.last_rate
-        if (compiling and last_dropped is not None and last_rate is not None
-                and last_dropped.shape == dropped.shape and last_dropped.dtype == dropped.dtype
-                and last_dropped.device == dropped.device and last_rate.shape == rate.shape
-                and last_rate.dtype == rate.dtype and last_rate.device == rate.device):
-            last_dropped.copy_(dropped)
-            last_rate.copy_(rate)
         else:
-            self.last_dropped, self.last_rate = dropped, rate
-            if compiling:
-                self.eager_mark = None
-        if not compiling:
             self.runs += 1
 
     def size_statistics(self, n: int, device: torch.device) -> None:
