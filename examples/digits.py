@@ -246,16 +246,22 @@ class Config:
     build: Optional[Callable[[nn.Linear, argparse.Namespace], nn.Module]]
 
 
-CONFIGS: Dict[str, Config] = {
-    "none": Config("none", "none", None),
-    "camdrop": Config("CamDrop, classifier guidance (defaults: n' = C/8, eligible rate)", "CamDrop (classifier)",
-                      lambda fc, a: ck.CamDrop2d(a.drop_prob, a.block_size, classifier=fc)),
-    "camdrop_self": Config("CamDrop, self guidance (guidance='self')", "CamDrop (self)",
-                           lambda fc, a: ck.CamDrop2d(a.drop_prob, a.block_size, guidance="self")),
-    "dropblock": Config("DropBlock (torchvision drop_block2d)", "DropBlock",
-                        lambda fc, a: DropBlock(a.drop_prob, a.block_size)),
-    "dropout": Config("dropout (element-wise F.dropout)", "dropout", lambda fc, a: Dropout(a.drop_prob)),
-}
+def regularizer_configs(camdrop: str, layer: type, dropblock: str, block: type) -> Dict[str, Config]:
+    """The compared configurations, for CamDrop ``layer`` (named ``camdrop`` in the table) and the
+    DropBlock layer ``block`` (described as ``dropblock``): none, CamDrop bound to the classifier,
+    CamDrop self-guided, DropBlock and element-wise dropout, all at ``--drop-prob``."""
+    return {
+        "none": Config("none", "none", None),
+        "camdrop": Config(f"{camdrop}, classifier guidance (defaults: n' = C/8, eligible rate)", "CamDrop (classifier)",
+                          lambda fc, a: layer(a.drop_prob, a.block_size, classifier=fc)),
+        "camdrop_self": Config(f"{camdrop}, self guidance (guidance='self')", "CamDrop (self)",
+                               lambda fc, a: layer(a.drop_prob, a.block_size, guidance="self")),
+        "dropblock": Config(f"DropBlock ({dropblock})", "DropBlock", lambda fc, a: block(a.drop_prob, a.block_size)),
+        "dropout": Config("dropout (element-wise F.dropout)", "dropout", lambda fc, a: Dropout(a.drop_prob)),
+    }
+
+
+CONFIGS = regularizer_configs("CamDrop", ck.CamDrop2d, "torchvision drop_block2d", DropBlock)
 CONTRASTS = (("camdrop", "dropblock"), ("camdrop", "camdrop_self"), ("camdrop", "dropout"),
              ("camdrop_self", "dropblock"), ("camdrop_self", "dropout"))
 
@@ -544,8 +550,9 @@ DIGITS = Task(home=(__name__, "DIGITS"), script="python examples/digits.py", nam
 
 
 # -- command line ---------------------------------------------------------------------------------------
-def common_arguments(parser: argparse.ArgumentParser, task: Task, default_out: Path) -> None:
-    """The options every study takes (seeds, training, regularisers, workers, output)."""
+def common_arguments(parser: argparse.ArgumentParser, task: Task, default_out: Path, noun: str) -> None:
+    """The options every study takes (seeds, data sizes, training, regularisers, workers, output);
+    ``noun`` names its samples ("digits", "signals")."""
     files = " and ".join(task.names)
     parser.add_argument("--seeds", type=int, default=5, help="how many paired seeds (first-seed .. first-seed + N - 1)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first seed (a confirmatory run takes fresh ones)")
@@ -566,11 +573,18 @@ def common_arguments(parser: argparse.ArgumentParser, task: Task, default_out: P
     parser.add_argument("--overwrite", action="store_true", help=f"replace {files} already in --out")
     parser.add_argument("--rerender", action="store_true",
                         help=f"no training: rebuild the table from the runs saved in --out/{task.names[1]}")
+    parser.add_argument("--train-size", type=int, default=1000, help=f"training {noun} per seed (stratified)")
+    parser.add_argument("--test-size", type=int, default=None, help=f"test {noun} (default: all the test set)")
+    parser.add_argument("--probe", type=int, default=500, help=f"test {noun} to measure the share dropped on")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run: 2 seeds, 2 epochs, 200 training and 200 test {noun}, in this process")
 
 
 def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace, task: Task,
                  argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """Validate the common options; ``args.primary`` becomes pairs, ``args.command`` the command line."""
+    if args.quick:
+        args.seeds, args.epochs, args.train_size, args.test_size, args.probe = 2, 2, 200, 200, 200
     if args.workers is None:
         args.workers = 1 if args.quick else min(2, os.cpu_count() or 1)
     if "none" not in args.configs:
@@ -592,17 +606,10 @@ def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace, task
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    common_arguments(parser, DIGITS, DEFAULT_OUT)
-    parser.add_argument("--train-size", type=int, default=1000, help="training digits per seed (stratified)")
-    parser.add_argument("--test-size", type=int, default=None, help="test digits (default: all the others)")
+    common_arguments(parser, DIGITS, DEFAULT_OUT, "digits")
     parser.add_argument("--size", type=int, default=32, help="upsampled side (a multiple of 4); the map is size/4")
     parser.add_argument("--patch", type=int, default=3, help="side of the blanked patch, in original 8x8 pixels")
-    parser.add_argument("--probe", type=int, default=500, help="test digits to measure the share dropped on")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 2 seeds, 2 epochs, 200 training and 200 test digits, in this process")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.epochs, args.train_size, args.test_size, args.probe = 2, 2, 200, 200, 200
     if args.size % 4 or args.size < 4 * args.block_size:
         parser.error(f"--size must be a multiple of 4 and give a map of at least --block-size; got {args.size}")
     return check_common(parser, args, DIGITS, argv)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import camdrop_kernels as ck  # noqa: E402
 import digits  # noqa: E402  (the shared training, statistics and report)
-from digits import OCCLUSIONS, Config, Split, Task  # noqa: E402
+from digits import OCCLUSIONS, Split, Task  # noqa: E402
 from evidence import mean_sd, percent  # noqa: E402
 from regularizers import DropBlock1d  # noqa: E402
 
@@ -142,16 +142,7 @@ class SmallCNN1d(nn.Module):
         return self.fc(self.reg(self.body(x)).mean(2))
 
 
-CONFIGS: Dict[str, Config] = {
-    "none": Config("none", "none", None),
-    "camdrop": Config("CamDrop1d, classifier guidance (defaults: n' = C/8, eligible rate)", "CamDrop (classifier)",
-                      lambda fc, a: ck.CamDrop1d(a.drop_prob, a.block_size, classifier=fc)),
-    "camdrop_self": Config("CamDrop1d, self guidance (guidance='self')", "CamDrop (self)",
-                           lambda fc, a: ck.CamDrop1d(a.drop_prob, a.block_size, guidance="self")),
-    "dropblock": Config("DropBlock (1-D, regularizers.DropBlock1d)", "DropBlock",
-                        lambda fc, a: DropBlock1d(a.drop_prob, a.block_size)),
-    "dropout": Config("dropout (element-wise F.dropout)", "dropout", lambda fc, a: digits.Dropout(a.drop_prob)),
-}
+CONFIGS = digits.regularizer_configs("CamDrop1d", ck.CamDrop1d, "1-D, regularizers.DropBlock1d", DropBlock1d)
 
 
 def build_model(name: str, seed: int, args: argparse.Namespace) -> SmallCNN1d:
@@ -206,16 +197,9 @@ MNIST1D = Task(home=(__name__, "MNIST1D"), script="python examples/mnist_1d.py",
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    digits.common_arguments(parser, MNIST1D, DEFAULT_OUT)
-    parser.add_argument("--train-size", type=int, default=1000, help="training signals per seed (stratified)")
-    parser.add_argument("--test-size", type=int, default=None, help="test signals (default: all 1000)")
+    digits.common_arguments(parser, MNIST1D, DEFAULT_OUT, "signals")
     parser.add_argument("--segment", type=int, default=6, help="length of the blanked segment, in samples")
-    parser.add_argument("--probe", type=int, default=500, help="test signals to measure the share dropped on")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 2 seeds, 2 epochs, 200 training and 200 test signals, in this process")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.epochs, args.train_size, args.test_size, args.probe = 2, 2, 200, 200, 200
     if not 1 <= args.segment <= 40:
         parser.error(f"--segment must be between 1 and 40 samples; got {args.segment}")
     return digits.check_common(parser, args, MNIST1D, argv)

@@ -41,16 +41,13 @@ class AverageGuided(ck.CamDrop2d):
         return super().forward(x, cam, alpha)
 
 
-class DropBlock(nn.Module):
-    """``torchvision.ops.drop_block2d`` as a layer with a settable rate; ``last_dropped_fraction``
-    is the share its mask dropped (a 0-d tensor), read from the mask itself: the mask is rebuilt
-    with :func:`camdrop_kernels.viz.dropblock_mask` from the random state torchvision drew from."""
+class _SettableDropBlock(nn.Module):
+    """A DropBlock layer with a settable ``drop_prob`` (times ``drop_prob_scale``, which
+    :func:`set_rate` applies) and the share its mask dropped, ``last_dropped_fraction`` (a 0-d
+    tensor); the identity in eval mode and at rate 0. Subclasses drop in :meth:`_drop`."""
 
     def __init__(self, drop_prob: float, block_size: int, drop_prob_scale: float = 1.0) -> None:
         super().__init__()
-        from torchvision.ops import drop_block2d  # torchvision is a dev/example dependency only
-
-        self._drop_block2d = drop_block2d
         self.drop_prob = drop_prob
         self.block_size = block_size
         self.drop_prob_scale = drop_prob_scale
@@ -61,6 +58,27 @@ class DropBlock(nn.Module):
             if self.training:
                 self.last_dropped_fraction = torch.zeros((), device=x.device)
             return x
+        return self._drop(x)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}, block_size={self.block_size}, drop_prob_scale={self.drop_prob_scale}"
+
+
+class DropBlock(_SettableDropBlock):
+    """``torchvision.ops.drop_block2d`` as a layer with a settable rate; ``last_dropped_fraction``
+    is the share its mask dropped (a 0-d tensor), read from the mask itself: the mask is rebuilt
+    with :func:`camdrop_kernels.viz.dropblock_mask` from the random state torchvision drew from."""
+
+    def __init__(self, drop_prob: float, block_size: int, drop_prob_scale: float = 1.0) -> None:
+        super().__init__(drop_prob, block_size, drop_prob_scale)
+        from torchvision.ops import drop_block2d  # torchvision is a dev/example dependency only
+
+        self._drop_block2d = drop_block2d
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
         size = min(self.block_size, x.shape[-1], x.shape[-2])
         generator = torch.cuda if x.device.type == "cuda" else torch
         before = generator.get_rng_state()
@@ -72,28 +90,14 @@ class DropBlock(nn.Module):
         generator.set_rng_state(after)
         return y
 
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}, block_size={self.block_size}"
 
-
-class DropBlock1d(nn.Module):
+class DropBlock1d(_SettableDropBlock):
     """DropBlock on 1-D maps (N, C, L), the algorithm of torchvision's ``drop_block2d`` in 1-D
-    (torchvision has 2-D and 3-D only; even block sizes work here too): Bernoulli seeds at rate ``drop_prob * L / (b * (L - b + 1))`` where a whole
-    block of b fits, each grown over the b positions from it, the kept rest rescaled by numel / kept.
-    ``last_dropped_fraction`` is the share of its mask dropped (a 0-d tensor)."""
+    (torchvision has 2-D and 3-D only; even block sizes work here too): Bernoulli seeds at rate
+    ``drop_prob * L / (b * (L - b + 1))`` where a whole block of b fits, each grown over the b
+    positions from it, the kept rest rescaled by numel / kept."""
 
-    def __init__(self, drop_prob: float, block_size: int, drop_prob_scale: float = 1.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-        self.block_size = block_size
-        self.drop_prob_scale = drop_prob_scale
-        self.last_dropped_fraction = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            if self.training:
-                self.last_dropped_fraction = torch.zeros((), device=x.device)
-            return x
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] == 0:
             raise ValueError(f"DropBlock1d expects (N, C, L) maps with L >= 1; got shape {tuple(x.shape)}")
         N, C, L = x.shape
@@ -109,13 +113,10 @@ class DropBlock1d(nn.Module):
         kept = keep.sum(dtype=torch.promote_types(x.dtype, torch.float32))
         return x * keep * (keep.numel() / (1e-6 + kept)).to(x.dtype)
 
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}, block_size={self.block_size}, drop_prob_scale={self.drop_prob_scale}"
-
 
 def regularizer_layers(model: nn.Module) -> List[nn.Module]:
     """Every CamDrop (average-guided included) and DropBlock layer of ``model``."""
-    return [m for m in model.modules() if isinstance(m, (CamDropNd, DropBlock, DropBlock1d))]
+    return [m for m in model.modules() if isinstance(m, (CamDropNd, _SettableDropBlock))]
 
 
 def set_rate(model: nn.Module, drop_prob: float) -> None:
@@ -123,7 +124,7 @@ def set_rate(model: nn.Module, drop_prob: float) -> None:
     :func:`camdrop_kernels.set_drop_prob` does for CamDrop layers alone)."""
     ck.set_drop_prob(model, drop_prob)
     for layer in regularizer_layers(model):
-        if isinstance(layer, (DropBlock, DropBlock1d)):
+        if isinstance(layer, _SettableDropBlock):
             layer.drop_prob = drop_prob * layer.drop_prob_scale
 
 
